@@ -1,0 +1,30 @@
+"""Alembic environment: uses the connection the server passes in, or opens the configured DB."""
+
+from alembic import context
+
+from mcp_background_job.config import Settings
+from mcp_background_job.db import ensure_db_file, make_sync_engine, metadata
+
+
+def run(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,  # SQLite cannot ALTER most things; batch mode recreates tables
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    run(connection)
+else:
+    settings = Settings()
+    ensure_db_file(settings.db)
+    engine = make_sync_engine(settings.db)
+    with engine.connect() as conn:
+        run(conn)
+        conn.commit()
+    engine.dispose()

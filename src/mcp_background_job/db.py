@@ -1,0 +1,301 @@
+"""Tables, engines with the SQLite settings this project depends on, and migrate-to-head.
+
+The schema is created only by Alembic migrations (``migrations/``); these models are what the
+migrations must produce, which ``tests/test_migrations.py`` checks.
+
+Timestamps are stored as UTC text, ``YYYY-MM-DD HH:MM:SS.ffffff``: ``sqlite3`` users can read and
+compare them and pass them to ``datetime()``/``julianday()``, and they sort correctly as text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    URL,
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .errors import StorageError
+from .jobs import JobStatus, Stream
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; naive UTC text in the file."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _in(values: Any) -> str:
+    return ", ".join(f"'{v.value}'" for v in values)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ServerRow(Base):
+    """A server process that opened the database (the owner of the jobs it starts)."""
+
+    __tablename__ = "servers"
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(Integer)
+    boot_id: Mapped[str | None] = mapped_column(String)
+    hostname: Mapped[str] = mapped_column(String)
+    version: Mapped[str] = mapped_column(String)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_in(JobStatus)})", name="status"),
+        Index(None, "created_at", "id"),
+        Index(None, "status", "created_at"),
+        Index(None, "owner_id", "status"),
+    )
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    command: Mapped[str] = mapped_column(Text)
+    cwd: Mapped[str] = mapped_column(Text)
+    shell: Mapped[str] = mapped_column(String)
+    env: Mapped[str] = mapped_column(Text, default="{}")  # JSON object of caller-added variables
+    status: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    signal: Mapped[str | None] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    timeout_s: Mapped[float | None] = mapped_column(Float)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(Integer)
+    boot_id: Mapped[str | None] = mapped_column(String)
+    end_cause: Mapped[str | None] = mapped_column(String)
+    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    stdout_stored: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_stored: Mapped[int] = mapped_column(Integer, default=0)
+    stdout_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    stderr_dropped: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobLabelRow(Base):
+    __tablename__ = "job_labels"
+    __table_args__ = (Index(None, "label", "job_id"),)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String, primary_key=True)
+
+
+class JobEventRow(Base):
+    """One status transition; written in the same transaction as the status change."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index(None, "job_id", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    from_status: Mapped[str | None] = mapped_column(String)
+    to_status: Mapped[str] = mapped_column(String)
+    reason: Mapped[str | None] = mapped_column(Text)
+    server_id: Mapped[str | None] = mapped_column(String)
+
+
+class OutputChunkRow(Base):
+    """Bytes exactly as the job wrote them: ``data`` is bytes ``byte_offset..`` of ``stream``.
+
+    ``seq`` orders chunks of both streams by the time they were stored.
+    """
+
+    __tablename__ = "output_chunks"
+    __table_args__ = (
+        CheckConstraint(f"stream IN ({_in(Stream)})", name="stream"),
+        Index(None, "job_id", "stream", "byte_offset", unique=True),
+        Index(None, "job_id", "seq"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    stream: Mapped[str] = mapped_column(String)
+    seq: Mapped[int] = mapped_column(Integer)
+    byte_offset: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+metadata = Base.metadata
+
+
+# --- engines -------------------------------------------------------------------------------
+
+
+def _configure(engine: Engine, *, begin: str) -> None:
+    """Per-connection pragmas, and transactions begun by us instead of the legacy driver logic.
+
+    ``BEGIN IMMEDIATE`` for writers takes the write lock up front so the busy timeout applies; a
+    deferred ``BEGIN`` that later upgrades to a write fails at once with "database is locked".
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            f"busy_timeout={BUSY_TIMEOUT_MS}",
+            "foreign_keys=ON",
+            f"journal_size_limit={64 * 1024 * 1024}",
+        ):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def ensure_db_file(path: Path) -> None:
+    """Create the database file (and its folder) readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+def make_async_engine(path: Path, *, writer: bool, pool_size: int = 1) -> AsyncEngine:
+    url = URL.create("sqlite+aiosqlite", database=str(path))
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+    _configure(engine.sync_engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
+    return engine
+
+
+def make_sync_engine(path: Path) -> Engine:
+    """A plain sqlite3 engine (for Alembic's command line and tests)."""
+    engine = create_engine(URL.create("sqlite", database=str(path)))
+    _configure(engine, begin="BEGIN IMMEDIATE")
+    return engine
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: inside the installed package, or the checkout's ``migrations/``."""
+    packaged = Path(str(resources.files(__package__ or "mcp_background_job"))) / "migrations"
+    if (packaged / "env.py").is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise StorageError(
+        f"Alembic migrations not found (looked in {packaged} and {checkout}); "
+        "reinstall mcp-background-job."
+    )
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def check_revision(connection: Connection, cfg: Config) -> str | None:
+    """The database's revision; refuse one this version of the package does not know."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    script = ScriptDirectory.from_config(cfg)
+    if current is not None and script.get_revision(current) is None:
+        raise StorageError(
+            f"The database is at schema revision {current!r}, which this version of "
+            f"mcp-background-job does not know (newest known: {script.get_current_head()!r}). "
+            "It was written by a newer version: upgrade mcp-background-job, or use another --db."
+        )
+    return current
+
+
+def upgrade_to_head(connection: Connection) -> None:
+    """Apply pending migrations in one ``BEGIN IMMEDIATE`` with foreign keys off.
+
+    Foreign keys must be off while batch migrations recreate tables (a cascade would delete child
+    rows); the pragma is a no-op inside a transaction, so it is set on the raw connection first.
+    """
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    cur = raw.cursor()
+    cur.execute("PRAGMA foreign_keys=OFF")
+    cur.close()
+    try:
+        cfg = alembic_config(connection)
+        with connection.begin():
+            check_revision(connection, cfg)
+            command.upgrade(cfg, "head")
+            problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if problems:
+                raise StorageError(f"migration left dangling references: {problems[:5]}")
+    except StorageError:
+        raise
+    except Exception as exc:  # any failure here means the database cannot be used
+        raise StorageError(f"Could not migrate the database: {exc}") from exc
+    finally:
+        cur = raw.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.run_sync(upgrade_to_head)

@@ -1,0 +1,190 @@
+"""The domain vocabulary: job statuses, the allowed transitions, and frozen records.
+
+Pure: no I/O, and nothing else from the package is imported here.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal as _signal
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life. Why it ended is kept apart (exit_code, signal, reason).
+
+    - ``queued``: accepted, waiting for a free slot (``max_concurrent``).
+    - ``running``: its main process has been started.
+    - ``completed``: the main process exited with code 0.
+    - ``failed``: it exited with a non-zero code, was terminated by a signal nobody here sent
+      (the signal is recorded), could not be started, or was lost when its server died.
+    - ``killed``: it ended after a ``kill`` request or a server shutdown, however it then exited.
+    - ``timed_out``: it ran past its ``timeout_s`` and was killed for it.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+TERMINAL: frozenset[JobStatus] = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.TIMED_OUT}
+)
+
+#: The only status changes the store will perform; anything else is a bug or a lost race.
+TRANSITIONS: dict[JobStatus | None, frozenset[JobStatus]] = {
+    None: frozenset({JobStatus.QUEUED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.KILLED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.KILLED, JobStatus.TIMED_OUT}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.KILLED: frozenset(),
+    JobStatus.TIMED_OUT: frozenset(),
+}
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The statuses from which ``target`` may be reached."""
+    return frozenset(s for s, dests in TRANSITIONS.items() if s is not None and target in dests)
+
+
+class Stream(enum.StrEnum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+class EndCause(enum.StrEnum):
+    """Why the server stopped a job itself (recorded until the job's process has exited)."""
+
+    KILL = "kill"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+
+
+#: Reasons recorded with transitions; stable strings, since people grep for them.
+REASON_SHUTDOWN = "server shutdown"
+REASON_LOST = "lost: server exited"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job's main process ended, translated into a final status."""
+
+    status: JobStatus
+    exit_code: int | None
+    signal: str | None
+    reason: str | None
+
+
+def decide_outcome(returncode: int, cause: EndCause | None) -> Outcome:
+    """Map a ``waitpid`` return code (negative: a signal) and the server's own cause to an outcome.
+
+    A job the server was stopping counts as killed/timed out however it exited: a program that
+    catches SIGTERM and exits 0 was still stopped on request.
+    """
+    exit_code = returncode if returncode >= 0 else None
+    sig = signal_name(-returncode) if returncode < 0 else None
+    how = f"exit code {exit_code}" if sig is None else f"signal {sig}"
+    if cause is EndCause.TIMEOUT:
+        return Outcome(JobStatus.TIMED_OUT, exit_code, sig, f"timeout reached; ended by {how}")
+    if cause is EndCause.SHUTDOWN:
+        return Outcome(JobStatus.KILLED, exit_code, sig, REASON_SHUTDOWN)
+    if cause is EndCause.KILL:
+        return Outcome(JobStatus.KILLED, exit_code, sig, f"killed on request; ended by {how}")
+    if sig is not None:
+        return Outcome(JobStatus.FAILED, None, sig, f"terminated by {sig}, not sent by this server")
+    if returncode == 0:
+        return Outcome(JobStatus.COMPLETED, 0, None, None)
+    return Outcome(JobStatus.FAILED, returncode, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One status transition, as recorded."""
+
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    reason: str | None
+    server_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as stored. Byte counters are per stream: ``*_bytes`` ingested so far (the stream's
+    length as far as the database knows), ``*_stored`` kept in the database, ``*_dropped`` dropped
+    by the output limit."""
+
+    id: str
+    command: str
+    cwd: str
+    shell: str
+    env: dict[str, str]
+    labels: tuple[str, ...]
+    status: JobStatus
+    created_at: datetime
+    owner_id: str | None
+    timeout_s: float | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    boot_id: str | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    stdout_stored: int = 0
+    stderr_stored: int = 0
+    stdout_dropped: int = 0
+    stderr_dropped: int = 0
+    end_cause: EndCause | None = None
+    events: tuple[JobEvent, ...] = field(default=())
+
+    def ingested(self, stream: Stream) -> int:
+        return self.stdout_bytes if stream is Stream.STDOUT else self.stderr_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of one stream's output: ``data`` starts at byte ``offset`` of that stream."""
+
+    stream: Stream
+    offset: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInstance:
+    """A server process that has opened the database; owner of the jobs it started."""
+
+    id: str
+    pid: int
+    pid_start: int | None
+    boot_id: str | None
+    hostname: str
+    started_at: datetime
+    stopped_at: datetime | None

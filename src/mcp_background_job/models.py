@@ -1,0 +1,143 @@
+"""The shapes tool results take (pydantic, so MCP clients get an output schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .jobs import Job, JobStatus, Stream
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Transition(_Model):
+    status: JobStatus
+    at: datetime
+    reason: str | None = None
+
+
+class StreamStats(_Model):
+    written: int = Field(description="Bytes the job has written to this stream so far.")
+    stored: int = Field(description="Bytes kept in the database.")
+    dropped: int = Field(description="Bytes dropped by the output limit (middle of the stream).")
+
+
+class JobSummary(_Model):
+    """One line of history."""
+
+    id: str
+    status: JobStatus
+    command: str
+    labels: list[str]
+    exit_code: int | None = None
+    signal: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_s: float | None = Field(None, description="Run time so far, or in all once ended.")
+
+
+class JobView(JobSummary):
+    """Everything known about a job."""
+
+    cwd: str
+    reason: str | None = Field(None, description="Why it ended, when not a plain exit.")
+    pid: int | None = None
+    owner: str | None = Field(None, description="Id of the server process that runs it.")
+    timeout_s: float | None = None
+    env_keys: list[str] = Field(description="Variables the caller added (values not shown).")
+    stdout: StreamStats
+    stderr: StreamStats
+    transitions: list[Transition]
+
+
+class ListResult(_Model):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(
+        None, description="Pass as cursor to get the next (older) page; null at the end."
+    )
+
+
+class OutputResult(_Model):
+    job_id: str
+    stream: str
+    text: str = Field(description="UTF-8 text; invalid bytes are shown as U+FFFD.")
+    cursor: str = Field(description="Pass to the next output call to read on from here.")
+    bytes: int = Field(description="Bytes of output covered by this read.")
+    more: bool = Field(description="More output is already stored past the cursor.")
+    end: bool = Field(description="The job has ended and everything has been read.")
+    dropped_bytes: int = Field(0, description="Bytes skipped here because of the output limit.")
+    status: JobStatus
+
+
+class TailResult(_Model):
+    job_id: str
+    stream: str
+    text: str
+    lines: int = Field(description="Number of lines returned.")
+    truncated: bool = Field(description="Cut to the byte limit before `lines` lines were found.")
+    status: JobStatus
+
+
+class InteractResult(_Model):
+    job_id: str
+    bytes_written: int
+    eof_sent: bool
+    output: str = Field(description="Output (stdout and stderr) that arrived after the write.")
+    cursor: str = Field(description="Where an output call continues after this output.")
+    status: JobStatus
+    ended: bool = Field(description="The job ended while waiting.")
+
+
+class WaitResult(_Model):
+    finished: bool = Field(description="False: the timeout passed first; call wait again.")
+    waited_s: float
+    message: str
+    job: JobView
+
+
+def duration(job: Job, now: datetime) -> float | None:
+    if job.started_at is None:
+        return None
+    return round(((job.ended_at or now) - job.started_at).total_seconds(), 3)
+
+
+def summary(job: Job, now: datetime, *, max_command: int = 500) -> JobSummary:
+    cmd = job.command if len(job.command) <= max_command else job.command[:max_command] + "…"
+    return JobSummary(
+        id=job.id,
+        status=job.status,
+        command=cmd,
+        labels=list(job.labels),
+        exit_code=job.exit_code,
+        signal=job.signal,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        duration_s=duration(job, now),
+    )
+
+
+def view(job: Job, now: datetime, written: dict[Stream, int] | None = None) -> JobView:
+    written = written or {}
+
+    def stats(s: Stream, stored: int, dropped: int) -> StreamStats:
+        return StreamStats(
+            written=max(written.get(s, 0), job.ingested(s)), stored=stored, dropped=dropped
+        )
+
+    return JobView(
+        **summary(job, now, max_command=len(job.command)).model_dump(),
+        cwd=job.cwd,
+        reason=job.reason,
+        pid=job.pid,
+        owner=job.owner_id,
+        timeout_s=job.timeout_s,
+        env_keys=sorted(job.env),
+        stdout=stats(Stream.STDOUT, job.stdout_stored, job.stdout_dropped),
+        stderr=stats(Stream.STDERR, job.stderr_stored, job.stderr_dropped),
+        transitions=[Transition(status=e.to_status, at=e.at, reason=e.reason) for e in job.events],
+    )

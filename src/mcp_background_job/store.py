@@ -1,0 +1,567 @@
+"""The storage gateway: the only module that writes SQL. It returns frozen records from ``jobs``.
+
+All writes of a process go through one connection, one transaction at a time (``BEGIN IMMEDIATE``):
+SQLite has one writer anyway, and a single writer path keeps commit latency flat. Reads use a
+small pool of their own and short transactions, so a long read never holds the WAL open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from . import db
+from .db import JobEventRow, JobLabelRow, JobRow, OutputChunkRow, ServerRow, utcnow
+from .errors import InvalidRequest, JobNotFound, TransitionConflict
+from .jobs import (
+    ACTIVE,
+    Chunk,
+    EndCause,
+    Job,
+    JobEvent,
+    JobStatus,
+    ServerInstance,
+    Stream,
+    sources_of,
+)
+
+#: Chunks fetched per round trip when walking output in order or backwards.
+_ROWS_PER_FETCH = 16
+
+
+@dataclass(slots=True)
+class OutputBatch:
+    """What one ingestion pass learned about one job, stored in one transaction with the others."""
+
+    job_id: str
+    chunks: list[tuple[Stream, int, int, bytes]] = field(
+        default_factory=list
+    )  # stream, seq, off, data
+    drops: list[tuple[Stream, int, int]] = field(default_factory=list)  # delete offsets [lo, hi)
+    counters: dict[str, int] = field(default_factory=dict)  # e.g. {"stdout_bytes": 123}
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    status: JobStatus | None = None
+    label: str | None = None
+    command_contains: str | None = None
+    since: datetime | None = None
+
+
+def _job(row: Row[Any], events: Sequence[JobEvent] = ()) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        command=m["command"],
+        cwd=m["cwd"],
+        shell=m["shell"],
+        env=json.loads(m["env"]),
+        labels=tuple(json.loads(m["labels"])) if m["labels"] else (),
+        status=JobStatus(m["status"]),
+        created_at=m["created_at"],
+        owner_id=m["owner_id"],
+        timeout_s=m["timeout_s"],
+        started_at=m["started_at"],
+        ended_at=m["ended_at"],
+        exit_code=m["exit_code"],
+        signal=m["signal"],
+        reason=m["reason"],
+        pid=m["pid"],
+        pid_start=m["pid_start"],
+        boot_id=m["boot_id"],
+        stdout_bytes=m["stdout_bytes"],
+        stderr_bytes=m["stderr_bytes"],
+        stdout_stored=m["stdout_stored"],
+        stderr_stored=m["stderr_stored"],
+        stdout_dropped=m["stdout_dropped"],
+        stderr_dropped=m["stderr_dropped"],
+        end_cause=EndCause(m["end_cause"]) if m["end_cause"] else None,
+        events=tuple(events),
+    )
+
+
+_LABELS = (
+    select(func.json_group_array(JobLabelRow.label))
+    .where(JobLabelRow.job_id == JobRow.id)
+    .correlate(JobRow)
+    .scalar_subquery()
+    .label("labels")
+)
+_JOB_COLUMNS = (*JobRow.__table__.columns, _LABELS)
+
+
+def _server(row: Row[Any]) -> ServerInstance:
+    m = row._mapping
+    return ServerInstance(
+        id=m["id"],
+        pid=m["pid"],
+        pid_start=m["pid_start"],
+        boot_id=m["boot_id"],
+        hostname=m["hostname"],
+        started_at=m["started_at"],
+        stopped_at=m["stopped_at"],
+    )
+
+
+def encode_list_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_list_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|", 1)
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"Invalid list cursor {cursor!r}: pass the next_cursor value of a previous `list` "
+            "result unchanged, or omit cursor to start from the newest job."
+        ) from exc
+
+
+class Store:
+    """Jobs, events, output chunks and server instances in one SQLite file."""
+
+    def __init__(self, path: Path, *, read_pool: int = 4) -> None:
+        self.path = path
+        self._writer = db.make_async_engine(path, writer=True)
+        self._reader = db.make_async_engine(path, writer=False, pool_size=read_pool)
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Create the file (owner-only) if needed and migrate it to the newest schema."""
+        db.ensure_db_file(self.path)
+        await db.migrate(self._writer)
+
+    async def close(self) -> None:
+        await self._writer.dispose()
+        await self._reader.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._reader.begin() as conn:
+            yield conn
+
+    # --- servers --------------------------------------------------------------------------
+
+    async def register_server(self, server: ServerInstance, version: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(ServerRow).values(
+                    id=server.id,
+                    pid=server.pid,
+                    pid_start=server.pid_start,
+                    boot_id=server.boot_id,
+                    hostname=server.hostname,
+                    version=version,
+                    started_at=server.started_at,
+                )
+            )
+
+    async def mark_server_stopped(self, server_id: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(ServerRow)
+                .where(ServerRow.id == server_id, ServerRow.stopped_at.is_(None))
+                .values(stopped_at=utcnow())
+            )
+
+    async def servers_not_stopped(self, exclude: str) -> list[ServerInstance]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(ServerRow).where(ServerRow.stopped_at.is_(None), ServerRow.id != exclude)
+            )
+            return [_server(r) for r in rows]
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        job_id: str,
+        command: str,
+        cwd: str,
+        shell: str,
+        env: Mapping[str, str],
+        labels: Iterable[str],
+        timeout_s: float | None,
+        owner_id: str,
+    ) -> Job:
+        now = utcnow()
+        async with self._write() as conn:
+            await conn.execute(
+                insert(JobRow).values(
+                    id=job_id,
+                    command=command,
+                    cwd=cwd,
+                    shell=shell,
+                    env=json.dumps(dict(env)),
+                    status=JobStatus.QUEUED,
+                    created_at=now,
+                    timeout_s=timeout_s,
+                    owner_id=owner_id,
+                )
+            )
+            unique = sorted(set(labels))
+            if unique:
+                await conn.execute(
+                    insert(JobLabelRow), [{"job_id": job_id, "label": lb} for lb in unique]
+                )
+            await conn.execute(
+                insert(JobEventRow).values(
+                    job_id=job_id, at=now, to_status=JobStatus.QUEUED, server_id=owner_id
+                )
+            )
+            return await self._load(conn, job_id)
+
+    async def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        server_id: str | None,
+        reason: str | None = None,
+        only_from: frozenset[JobStatus] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Move a job to ``to`` if its current status allows it, with its event row, atomically.
+
+        Raises ``TransitionConflict`` if the job is not in an allowed status (someone else moved
+        it first); never overwrites a status it did not expect.
+        """
+        allowed = sources_of(to) & (only_from if only_from is not None else sources_of(to))
+        now = utcnow()
+        async with self._write() as conn:
+            current = (
+                await conn.execute(select(JobRow.status).where(JobRow.id == job_id))
+            ).scalar_one_or_none()
+            if current is None:
+                raise JobNotFound(job_id)
+            if JobStatus(current) not in allowed:
+                raise TransitionConflict(
+                    f"job {job_id} is {current}; cannot move to {to} "
+                    f"(allowed from: {', '.join(sorted(allowed))})"
+                )
+            row_values: dict[str, Any] = {"status": to, **(values or {})}
+            if to is JobStatus.RUNNING:
+                row_values.setdefault("started_at", now)
+            if to.is_terminal:
+                row_values.setdefault("ended_at", now)
+                row_values.setdefault("reason", reason)
+            result = await conn.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == current)
+                .values(**row_values)
+            )
+            if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
+                raise TransitionConflict(f"job {job_id} changed status during the update")
+            await conn.execute(
+                insert(JobEventRow).values(
+                    job_id=job_id,
+                    at=now,
+                    from_status=current,
+                    to_status=to,
+                    reason=reason,
+                    server_id=server_id,
+                )
+            )
+            return await self._load(conn, job_id)
+
+    async def request_end(self, job_id: str, cause: EndCause) -> Job:
+        """Record why the server is stopping an active job, before any signal is sent; the first
+        cause wins (a timeout that fires during a kill stays a kill)."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == job_id,
+                    JobRow.status.in_(ACTIVE),
+                    JobRow.end_cause.is_(None),
+                )
+                .values(end_cause=cause)
+            )
+            return await self._load(conn, job_id)
+
+    async def claim(self, job_id: str, from_owner: str | None, to_owner: str) -> bool:
+        """Take over an active job of a dead server; False if another server took it first."""
+        owner = JobRow.owner_id.is_(None) if from_owner is None else JobRow.owner_id == from_owner
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), owner)
+                .values(owner_id=to_owner)
+            )
+            return result.rowcount == 1
+
+    async def _load(self, conn: AsyncConnection, job_id: str, *, events: bool = True) -> Job:
+        row = (await conn.execute(select(*_JOB_COLUMNS).where(JobRow.id == job_id))).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        evs: list[JobEvent] = []
+        if events:
+            for e in await conn.execute(
+                select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+            ):
+                evs.append(
+                    JobEvent(
+                        at=e.at,
+                        from_status=JobStatus(e.from_status) if e.from_status else None,
+                        to_status=JobStatus(e.to_status),
+                        reason=e.reason,
+                        server_id=e.server_id,
+                    )
+                )
+        return _job(row, evs)
+
+    async def resolve_id(self, id_or_prefix: str) -> str:
+        """A full job id from an id or a unique prefix of one."""
+        text = id_or_prefix.strip().lower()
+        if not text or not all(c in "0123456789abcdef" for c in text):
+            raise JobNotFound(id_or_prefix)
+        async with self._read() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        select(JobRow.id)
+                        .where(JobRow.id >= text, JobRow.id < text + "g")
+                        .order_by(JobRow.id)
+                        .limit(2)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        if len(rows) == 1 or (rows and rows[0] == text):
+            return rows[0]
+        if not rows:
+            raise JobNotFound(id_or_prefix)
+        raise InvalidRequest(
+            f"Job id prefix {id_or_prefix!r} matches several jobs: give more characters."
+        )
+
+    async def get_job(self, job_id: str, *, events: bool = True) -> Job:
+        async with self._read() as conn:
+            return await self._load(conn, job_id, events=events)
+
+    async def list_jobs(
+        self, flt: JobFilter, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+        query = select(*_JOB_COLUMNS)
+        if flt.status is not None:
+            query = query.where(JobRow.status == flt.status)
+        if flt.label is not None:
+            query = query.where(
+                JobRow.id.in_(select(JobLabelRow.job_id).where(JobLabelRow.label == flt.label))
+            )
+        if flt.command_contains:
+            pattern = (
+                flt.command_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            )
+            query = query.where(JobRow.command.like(f"%{pattern}%", escape="\\"))
+        if flt.since is not None:
+            query = query.where(JobRow.created_at >= flt.since)
+        if cursor is not None:
+            created, last_id = decode_list_cursor(cursor)
+            query = query.where(
+                or_(
+                    JobRow.created_at < created,
+                    and_(JobRow.created_at == created, JobRow.id < last_id),
+                )
+            )
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        async with self._read() as conn:
+            jobs = [_job(r) for r in await conn.execute(query)]
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, (encode_list_cursor(jobs[-1]) if more else None)
+
+    async def active_jobs(self, owner_ids: Iterable[str | None]) -> list[Job]:
+        """Queued or running jobs of the given servers (``None``: jobs whose owner row is gone)."""
+        owners = list(owner_ids)
+        named = [o for o in owners if o is not None]
+        cond: ColumnElement[bool] = JobRow.owner_id.in_(named)
+        if None in owners:
+            cond = or_(cond, JobRow.owner_id.is_(None))
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(*_JOB_COLUMNS)
+                .where(JobRow.status.in_(ACTIVE), cond)
+                .order_by(JobRow.created_at, JobRow.id)
+            )
+            return [_job(r) for r in rows]
+
+    # --- output ---------------------------------------------------------------------------
+
+    async def write_output(self, batches: Sequence[OutputBatch]) -> None:
+        """Store new chunks, drop trimmed ones and update the byte counters, in one transaction."""
+        rows = [
+            {"job_id": b.job_id, "stream": s, "seq": q, "byte_offset": o, "data": d}
+            for b in batches
+            for s, q, o, d in b.chunks
+        ]
+        async with self._write() as conn:
+            if rows:
+                await conn.execute(insert(OutputChunkRow), rows)
+            for b in batches:
+                for stream, lo, hi in b.drops:
+                    await conn.execute(
+                        delete(OutputChunkRow).where(
+                            OutputChunkRow.job_id == b.job_id,
+                            OutputChunkRow.stream == stream,
+                            OutputChunkRow.byte_offset >= lo,
+                            OutputChunkRow.byte_offset < hi,
+                        )
+                    )
+                if b.counters:
+                    await conn.execute(
+                        update(JobRow).where(JobRow.id == b.job_id).values(**b.counters)
+                    )
+
+    async def chunk_layout(self, job_id: str, stream: Stream) -> tuple[list[tuple[int, int]], int]:
+        """(offset, length) of every stored chunk of a stream, and the highest seq of the job.
+
+        Used to resume ingestion of a job this process did not start (after a crash).
+        """
+        async with self._read() as conn:
+            layout = [
+                (r[0], r[1])
+                for r in await conn.execute(
+                    select(OutputChunkRow.byte_offset, func.length(OutputChunkRow.data))
+                    .where(OutputChunkRow.job_id == job_id, OutputChunkRow.stream == stream)
+                    .order_by(OutputChunkRow.byte_offset)
+                )
+            ]
+            top = (
+                await conn.execute(
+                    select(func.max(OutputChunkRow.seq)).where(OutputChunkRow.job_id == job_id)
+                )
+            ).scalar_one_or_none()
+        return layout, (top if top is not None else -1)
+
+    async def read_stream(
+        self, job_id: str, stream: Stream, start: int, max_bytes: int
+    ) -> list[Chunk]:
+        """Chunks covering ``[start, start + max_bytes)`` of one stream, in order.
+
+        If ``start`` falls in a dropped gap, the result begins at the next stored chunk.
+        """
+        c = OutputChunkRow
+        base = and_(c.job_id == job_id, c.stream == stream)
+        async with self._read() as conn:
+            lo = (
+                await conn.execute(
+                    select(func.max(c.byte_offset)).where(base, c.byte_offset <= start)
+                )
+            ).scalar_one_or_none()
+            query = select(c.byte_offset, c.data).where(base).order_by(c.byte_offset)
+            rows = (
+                await conn.execute(
+                    query.where(c.byte_offset >= (lo or 0), c.byte_offset < start + max_bytes)
+                )
+            ).all()
+            if not any(o + len(d) > start for o, d in rows):
+                rows = (await conn.execute(query.where(c.byte_offset > start).limit(1))).all()
+        return [Chunk(stream, o, d) for o, d in rows if o + len(d) > start]
+
+    async def read_interleaved(
+        self, job_id: str, starts: Mapping[Stream, int], max_bytes: int
+    ) -> list[Chunk]:
+        """Chunks of both streams in the order they were stored, from the given stream offsets."""
+        c = OutputChunkRow
+        unread = or_(
+            *(and_(c.stream == s, c.byte_offset + func.length(c.data) > starts[s]) for s in Stream)
+        )
+        out: list[Chunk] = []
+        total = 0
+        async with self._read() as conn:
+            firsts = []
+            for s in Stream:
+                floor = (
+                    select(func.max(c.byte_offset))
+                    .where(c.job_id == job_id, c.stream == s, c.byte_offset <= starts[s])
+                    .scalar_subquery()
+                )
+                firsts.append(
+                    (
+                        await conn.execute(
+                            select(func.min(c.seq)).where(
+                                c.job_id == job_id,
+                                c.stream == s,
+                                c.byte_offset >= func.coalesce(floor, 0),
+                            )
+                        )
+                    ).scalar_one_or_none()
+                )
+            known = [f for f in firsts if f is not None]
+            first = min(known) if known else None
+            seq = -1 if first is None else first - 1
+            while total < max_bytes:
+                rows = (
+                    await conn.execute(
+                        select(c.seq, c.stream, c.byte_offset, c.data)
+                        .where(c.job_id == job_id, c.seq > seq, unread)
+                        .order_by(c.seq)
+                        .limit(_ROWS_PER_FETCH)
+                    )
+                ).all()
+                if not rows:
+                    break
+                for q, name, o, d in rows:
+                    seq = q
+                    out.append(Chunk(Stream(name), o, d))
+                    total += len(d)
+                    if total >= max_bytes:
+                        break
+        return out
+
+    async def read_backwards(
+        self, job_id: str, streams: Sequence[Stream], enough: int, max_bytes: int
+    ) -> list[Chunk]:
+        """The last chunks (by storage order) until ``enough`` newlines or ``max_bytes`` are seen.
+
+        Its cost depends on how much is returned, not on how much the job wrote.
+        """
+        c = OutputChunkRow
+        out: list[Chunk] = []
+        newlines = total = 0
+        seq: int | None = None
+        async with self._read() as conn:
+            while newlines < enough and total < max_bytes:
+                query = select(c.seq, c.stream, c.byte_offset, c.data).where(
+                    c.job_id == job_id, c.stream.in_(list(streams))
+                )
+                if seq is not None:
+                    query = query.where(c.seq < seq)
+                rows = (
+                    await conn.execute(query.order_by(c.seq.desc()).limit(_ROWS_PER_FETCH // 4))
+                ).all()
+                if not rows:
+                    break
+                for q, name, o, d in rows:
+                    seq = q
+                    out.append(Chunk(Stream(name), o, d))
+                    newlines += d.count(b"\n")
+                    total += len(d)
+                    if newlines >= enough or total >= max_bytes:
+                        break
+        out.reverse()
+        return out
