@@ -97,7 +97,8 @@ class Ingester:
                 writers[stream] = os.open(
                     path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600
                 )
-                states[stream] = StreamState(path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                # Read-write: punching holes needs a writable descriptor.
+                states[stream] = StreamState(path, os.open(path, os.O_RDWR | os.O_CLOEXEC))
         except OSError:
             for fd in (*writers.values(), *(s.fd for s in states.values())):
                 if fd is not None:
@@ -161,7 +162,7 @@ class Ingester:
             layout, seq = await self._store.chunk_layout(job.id, stream)
             fd: int | None
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except FileNotFoundError:
                 fd = None
             st = StreamState(path, fd)

@@ -258,7 +258,8 @@ def check_revision(connection: Connection, cfg: Config) -> str | None:
     """The database's revision; refuse one this version of the package does not know."""
     current = MigrationContext.configure(connection).get_current_revision()
     script = ScriptDirectory.from_config(cfg)
-    if current is not None and script.get_revision(current) is None:
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
         raise StorageError(
             f"The database is at schema revision {current!r}, which this version of "
             f"mcp-background-job does not know (newest known: {script.get_current_head()!r}). "

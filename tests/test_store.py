@@ -1,0 +1,176 @@
+"""The storage gateway on a real migrated SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import timedelta
+
+import pytest
+
+from mcp_background_job.db import utcnow
+from mcp_background_job.errors import InvalidRequest, JobNotFound, TransitionConflict
+from mcp_background_job.jobs import JobStatus, ServerInstance, Stream
+from mcp_background_job.store import JobFilter, OutputBatch, Store
+
+
+async def _server(store: Store, sid: str = "srv000000001") -> str:
+    await store.register_server(
+        ServerInstance(sid, 1, None, "boot", "host", utcnow(), None), version="test"
+    )
+    return sid
+
+
+async def _job(store: Store, job_id: str, command: str = "true", labels=()) -> None:
+    sid = await _server(store, "srv" + job_id)
+    await store.create_job(
+        job_id=job_id,
+        command=command,
+        cwd="/",
+        shell="/bin/sh",
+        env={"A": "1"},
+        labels=labels,
+        timeout_s=None,
+        owner_id=sid,
+    )
+
+
+async def test_create_records_a_queued_event(store: Store) -> None:
+    await _job(store, "aaa000000001", labels=["build", "ci", "build"])
+    job = await store.get_job("aaa000000001")
+    assert job.status is JobStatus.QUEUED
+    assert job.labels == ("build", "ci")
+    assert job.env == {"A": "1"}
+    assert [(e.from_status, e.to_status) for e in job.events] == [(None, JobStatus.QUEUED)]
+
+
+async def test_transitions_are_guarded_and_logged(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s", values={"pid": 7})
+    job = await store.transition(
+        "aaa000000001", JobStatus.COMPLETED, server_id="s", values={"exit_code": 0}
+    )
+    assert job.pid == 7 and job.exit_code == 0 and job.ended_at is not None
+    assert [e.to_status for e in job.events] == ["queued", "running", "completed"]
+    with pytest.raises(TransitionConflict):
+        await store.transition("aaa000000001", JobStatus.FAILED, server_id="s")
+    with pytest.raises(TransitionConflict):
+        await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s")
+    with pytest.raises(JobNotFound):
+        await store.transition("bbb000000001", JobStatus.RUNNING, server_id="s")
+    assert len((await store.get_job("aaa000000001")).events) == 3
+
+
+async def test_concurrent_transitions_exactly_one_wins(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s")
+    results = await asyncio.gather(
+        *(
+            store.transition("aaa000000001", status, server_id="s")
+            for status in (JobStatus.COMPLETED, JobStatus.KILLED, JobStatus.TIMED_OUT)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert sum(isinstance(r, TransitionConflict) for r in results) == 2
+
+
+async def test_a_second_process_sees_the_same_data(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    con = sqlite3.connect(store.path)
+    assert con.execute("select status from jobs").fetchall() == [("queued",)]
+    con.close()
+
+
+async def test_resolve_id_by_prefix(store: Store) -> None:
+    await _job(store, "abc000000001")
+    await _job(store, "abc000000002")
+    await _job(store, "def000000001")
+    assert await store.resolve_id("def") == "def000000001"
+    assert await store.resolve_id("ABC000000001") == "abc000000001"
+    with pytest.raises(InvalidRequest, match="several"):
+        await store.resolve_id("abc")
+    for bad in ("zzz", "", "0'; drop table jobs; --"):
+        with pytest.raises(JobNotFound):
+            await store.resolve_id(bad)
+
+
+async def test_list_newest_first_with_filters_and_cursor(store: Store) -> None:
+    for i in range(7):
+        await _job(
+            store, f"aaa00000000{i}", command=f"make target{i}", labels=["odd"] if i % 2 else []
+        )
+    await store.transition("aaa000000003", JobStatus.RUNNING, server_id="s")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await store.list_jobs(JobFilter(), limit=3, cursor=cursor)
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert seen == [f"aaa00000000{i}" for i in reversed(range(7))]
+    odd, _ = await store.list_jobs(JobFilter(label="odd"), limit=10)
+    assert [j.id for j in odd] == ["aaa000000005", "aaa000000003", "aaa000000001"]
+    running, _ = await store.list_jobs(JobFilter(status=JobStatus.RUNNING), limit=10)
+    assert [j.id for j in running] == ["aaa000000003"]
+    found, _ = await store.list_jobs(JobFilter(command_contains="target4"), limit=10)
+    assert [j.id for j in found] == ["aaa000000004"]
+    none, _ = await store.list_jobs(JobFilter(command_contains="%"), limit=10)
+    assert none == []
+    recent, _ = await store.list_jobs(JobFilter(since=utcnow() + timedelta(hours=1)), limit=10)
+    assert recent == []
+    with pytest.raises(InvalidRequest, match="cursor"):
+        await store.list_jobs(JobFilter(), limit=3, cursor="not-a-cursor")
+
+
+async def test_output_reads_forward_interleaved_and_backwards(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    await store.write_output(
+        [
+            OutputBatch(
+                "aaa000000001",
+                chunks=[
+                    (Stream.STDOUT, 0, 0, b"one\ntwo\n"),
+                    (Stream.STDERR, 1, 0, b"warn\n"),
+                    (Stream.STDOUT, 2, 8, b"three\n"),
+                ],
+                counters={"stdout_bytes": 14, "stdout_stored": 14, "stderr_bytes": 5},
+            )
+        ]
+    )
+    job = await store.get_job("aaa000000001")
+    assert (job.stdout_bytes, job.stdout_stored, job.stderr_bytes) == (14, 14, 5)
+    chunks = await store.read_stream("aaa000000001", Stream.STDOUT, 5, 100)
+    assert [(c.offset, c.data) for c in chunks] == [(0, b"one\ntwo\n"), (8, b"three\n")]
+    both = await store.read_interleaved(
+        "aaa000000001", {Stream.STDOUT: 4, Stream.STDERR: 0}, 100
+    )
+    assert [c.data for c in both] == [b"one\ntwo\n", b"warn\n", b"three\n"]
+    after = await store.read_interleaved(
+        "aaa000000001", {Stream.STDOUT: 8, Stream.STDERR: 5}, 100
+    )
+    assert [c.data for c in after] == [b"three\n"]
+    back = await store.read_backwards("aaa000000001", [Stream.STDOUT], 2, 1000)
+    assert [c.data for c in back] == [b"one\ntwo\n", b"three\n"]
+
+
+async def test_read_stream_jumps_over_a_dropped_gap(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    await store.write_output(
+        [
+            OutputBatch(
+                "aaa000000001",
+                chunks=[(Stream.STDOUT, 0, 0, b"head"), (Stream.STDOUT, 1, 100, b"tail")],
+            )
+        ]
+    )
+    chunks = await store.read_stream("aaa000000001", Stream.STDOUT, 4, 10)
+    assert [(c.offset, c.data) for c in chunks] == [(100, b"tail")]
+
+
+async def test_claim_only_once(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    job = await store.get_job("aaa000000001")
+    await _server(store, "newowner0001")
+    assert await store.claim(job.id, job.owner_id, "newowner0001")
+    assert not await store.claim(job.id, job.owner_id, "newowner0001")
