@@ -17,7 +17,7 @@ from mcp_background_job.jobs import (
 
 def test_every_status_has_a_transition_entry_and_terminal_ones_are_final() -> None:
     assert set(TRANSITIONS) == {None, *JobStatus}
-    assert ACTIVE | TERMINAL == set(JobStatus)
+    assert set(JobStatus) == ACTIVE | TERMINAL
     for status in TERMINAL:
         assert TRANSITIONS[status] == frozenset()
 

@@ -142,13 +142,9 @@ async def test_output_reads_forward_interleaved_and_backwards(store: Store) -> N
     assert (job.stdout_bytes, job.stdout_stored, job.stderr_bytes) == (14, 14, 5)
     chunks = await store.read_stream("aaa000000001", Stream.STDOUT, 5, 100)
     assert [(c.offset, c.data) for c in chunks] == [(0, b"one\ntwo\n"), (8, b"three\n")]
-    both = await store.read_interleaved(
-        "aaa000000001", {Stream.STDOUT: 4, Stream.STDERR: 0}, 100
-    )
+    both = await store.read_interleaved("aaa000000001", {Stream.STDOUT: 4, Stream.STDERR: 0}, 100)
     assert [c.data for c in both] == [b"one\ntwo\n", b"warn\n", b"three\n"]
-    after = await store.read_interleaved(
-        "aaa000000001", {Stream.STDOUT: 8, Stream.STDERR: 5}, 100
-    )
+    after = await store.read_interleaved("aaa000000001", {Stream.STDOUT: 8, Stream.STDERR: 5}, 100)
     assert [c.data for c in after] == [b"three\n"]
     back = await store.read_backwards("aaa000000001", [Stream.STDOUT], 2, 1000)
     assert [c.data for c in back] == [b"one\ntwo\n", b"three\n"]

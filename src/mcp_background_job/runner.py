@@ -169,9 +169,15 @@ class Runner:
         log.info("server_stopped id=%s jobs_stopped=%d", self.server_id, len(running))
 
     async def _wait_own_done(self, job_ids: Sequence[str], timeout: float) -> None:
-        events = [self._done[j].wait() for j in job_ids if j in self._done and j in self._running]
-        if events:
-            await asyncio.wait([asyncio.ensure_future(e) for e in events], timeout=timeout)
+        waiters = [
+            asyncio.ensure_future(self._done[j].wait())
+            for j in job_ids
+            if j in self._done and j in self._running
+        ]
+        if waiters:
+            await asyncio.wait(waiters, timeout=timeout)
+            for w in waiters:
+                w.cancel()
 
     # --- submitting and starting ----------------------------------------------------------
 
