@@ -185,11 +185,17 @@ class App:
     async def _read(
         self, job: Job, streams: list[Stream], pos: dict[Stream, int], max_bytes: int
     ) -> tuple[str, dict[Stream, int], int, int]:
+        want = max(max_bytes, 4)  # enough for one whole character
         if len(streams) == 1:
-            chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], max_bytes)
+            chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
         else:
-            chunks = await self.store.read_interleaved(job.id, pos, max_bytes)
-        return decode_chunks(chunks, pos, max_bytes, {s: job.ingested(s) for s in Stream})
+            chunks = await self.store.read_interleaved(job.id, pos, want)
+        lengths = {s: job.ingested(s) for s in Stream}
+        result = decode_chunks(chunks, pos, max_bytes, lengths)
+        if result[2] == 0 and chunks and max_bytes < 4:
+            # Below one character: read the whole character rather than make no progress.
+            result = decode_chunks(chunks, pos, 4, lengths)
+        return result
 
     async def tail(
         self, job_id: str, lines: int = 50, stream: StreamChoice = "stdout"
