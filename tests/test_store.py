@@ -51,6 +51,8 @@ async def test_transitions_are_guarded_and_logged(store: Store) -> None:
         "aaa000000001", JobStatus.COMPLETED, server_id="s", values={"exit_code": 0}
     )
     assert job.pid == 7 and job.exit_code == 0 and job.ended_at is not None
+    assert job == await store.get_job("aaa000000001", events=False)
+    job = await store.get_job("aaa000000001")
     assert [e.to_status for e in job.events] == ["queued", "running", "completed"]
     with pytest.raises(TransitionConflict):
         await store.transition("aaa000000001", JobStatus.FAILED, server_id="s")

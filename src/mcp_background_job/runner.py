@@ -38,9 +38,8 @@ from .jobs import (
     JobStatus,
     ServerInstance,
     Stream,
-    decide_outcome,
 )
-from .store import Store
+from .store import JOB_ID_LENGTH, Store
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +193,7 @@ class Runner:
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
         job = await self.store.create_job(
-            job_id=uuid.uuid4().hex[:12],
+            job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
             command=command,
             cwd=cwd,
             shell=self.settings.shell,
@@ -206,10 +205,9 @@ class Runner:
         self._done[job.id] = asyncio.Event()
         async with self._start_lock:
             if not self._queue and len(self._running) < self.settings.max_concurrent:
-                await self._start(job)
-            else:
-                self._queue.append(job.id)
-        return await self.store.get_job(job.id)
+                return await self._start(job)
+            self._queue.append(job.id)
+        return job
 
     async def _scheduler(self) -> None:
         while True:
@@ -222,14 +220,15 @@ class Runner:
                     if job.status is JobStatus.QUEUED:
                         await self._start(job)
 
-    async def _start(self, job: Job) -> None:
+    async def _start(self, job: Job) -> Job:
+        """Spawn a queued job; returns it as it now stands (running, or failed to start)."""
         env = {**os.environ, **job.env, proctree.MARKER: job.id}
         try:
             writers = self.ingester.create_spool(job.id)
         except OSError as exc:
-            await self._fail_start(job, f"cannot create spool files: {exc}")
-            return
+            return await self._fail_start(job, f"cannot create spool files: {exc}")
         stdin_r, stdin_w = os.pipe()
+        spawned_at = utcnow()  # before the exit, which may come before the running row does
         try:
             # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
             # background grandchild can hold forever. Popen spawns with vfork: it is quick.
@@ -246,8 +245,7 @@ class Runner:
         except OSError as exc:
             os.close(stdin_w)
             self.ingester.discard(job.id)
-            await self._fail_start(job, f"failed to start: {exc}")
-            return
+            return await self._fail_start(job, f"failed to start: {exc}")
         finally:
             os.close(stdin_r)
             for fd in writers.values():
@@ -261,12 +259,17 @@ class Runner:
                 _StdinProtocol, os.fdopen(stdin_w, "wb", buffering=0)
             )
             entry.stdin, entry.stdin_proto = transport, proto
-            await self.store.transition(
+            job = await self.store.transition(
                 job.id,
                 JobStatus.RUNNING,
                 server_id=self.server_id,
                 only_from=frozenset({JobStatus.QUEUED}),
-                values={"pid": popen.pid, "pid_start": entry.pid_start, "boot_id": self.boot_id},
+                values={
+                    "pid": popen.pid,
+                    "pid_start": entry.pid_start,
+                    "boot_id": self.boot_id,
+                    "started_at": spawned_at,
+                },
             )
             log.info("job_started id=%s pid=%d", job.id, popen.pid)
             if job.timeout_s is not None:
@@ -276,14 +279,18 @@ class Runner:
             proctree.signal_pids(self._tree_of_own(job.id), signal.SIGKILL)
         finally:
             entry.started.set()
+        return job
 
-    async def _fail_start(self, job: Job, reason: str) -> None:
+    async def _fail_start(self, job: Job, reason: str) -> Job:
         log.warning("job_spawn_failed id=%s reason=%s", job.id, reason)
-        with contextlib.suppress(TransitionConflict):
-            await self.store.transition(
+        try:
+            job = await self.store.transition(
                 job.id, JobStatus.FAILED, server_id=self.server_id, reason=reason
             )
+        except TransitionConflict:
+            job = await self.store.get_job(job.id, events=False)
         self._set_done(job.id)
+        return job
 
     # --- exits ----------------------------------------------------------------------------
 
@@ -310,17 +317,10 @@ class Runner:
         except Exception:  # the status must still be recorded
             log.exception("final_ingest_failed id=%s", job_id)
         try:
-            job = await self.store.get_job(job_id, events=False)
-            out = decide_outcome(returncode, job.end_cause)
-            await self.store.transition(
-                job_id,
-                out.status,
-                server_id=self.server_id,
-                reason=out.reason,
-                only_from=frozenset({JobStatus.RUNNING}),
-                values={"exit_code": out.exit_code, "signal": out.signal, "ended_at": ended_at},
+            job = await self.store.record_exit(
+                job_id, returncode, ended_at, server_id=self.server_id
             )
-            log.info("job_ended id=%s status=%s returncode=%d", job_id, out.status, returncode)
+            log.info("job_ended id=%s status=%s returncode=%d", job_id, job.status, returncode)
         except TransitionConflict as exc:
             log.warning("job_end_not_recorded id=%s: %s", job_id, exc)
         finally:
@@ -362,7 +362,7 @@ class Runner:
                     self._queue.remove(job_id)
                 self._set_done(job_id)
                 log.info("job_killed id=%s (queued)", job_id)
-                return job
+                return await self.store.get_job(job_id)
             except TransitionConflict:
                 job = await self.store.get_job(job_id, events=False)
         if job.status is JobStatus.RUNNING:

@@ -13,7 +13,7 @@ import binascii
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,12 @@ from .jobs import (
     JobStatus,
     ServerInstance,
     Stream,
+    decide_outcome,
     sources_of,
 )
 
+#: Job ids are this many lowercase hex characters.
+JOB_ID_LENGTH = 12
 #: Chunks fetched per round trip when walking output in order or backwards.
 _ROWS_PER_FETCH = 16
 
@@ -230,7 +233,19 @@ class Store:
                     job_id=job_id, at=now, to_status=JobStatus.QUEUED, server_id=owner_id
                 )
             )
-            return await self._load(conn, job_id)
+        return Job(
+            id=job_id,
+            command=command,
+            cwd=cwd,
+            shell=shell,
+            env=dict(env),
+            labels=tuple(unique),
+            status=JobStatus.QUEUED,
+            created_at=now,
+            owner_id=owner_id,
+            timeout_s=timeout_s,
+            events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
+        )
 
     async def transition(
         self,
@@ -245,45 +260,71 @@ class Store:
         """Move a job to ``to`` if its current status allows it, with its event row, atomically.
 
         Raises ``TransitionConflict`` if the job is not in an allowed status (someone else moved
-        it first); never overwrites a status it did not expect.
+        it first); never overwrites a status it did not expect. The returned job has no events.
         """
-        allowed = sources_of(to) & (only_from if only_from is not None else sources_of(to))
-        now = utcnow()
         async with self._write() as conn:
-            current = (
-                await conn.execute(select(JobRow.status).where(JobRow.id == job_id))
-            ).scalar_one_or_none()
-            if current is None:
-                raise JobNotFound(job_id)
-            if JobStatus(current) not in allowed:
-                raise TransitionConflict(
-                    f"job {job_id} is {current}; cannot move to {to} "
-                    f"(allowed from: {', '.join(sorted(allowed))})"
-                )
-            row_values: dict[str, Any] = {"status": to, **(values or {})}
-            if to is JobStatus.RUNNING:
-                row_values.setdefault("started_at", now)
-            if to.is_terminal:
-                row_values.setdefault("ended_at", now)
-                row_values.setdefault("reason", reason)
-            result = await conn.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == current)
-                .values(**row_values)
+            job = await self._load(conn, job_id, events=False)
+            return await self._transition(conn, job, to, server_id, reason, only_from, values)
+
+    async def record_exit(
+        self, job_id: str, returncode: int, ended_at: datetime, *, server_id: str
+    ) -> Job:
+        """Record how a running job's main process ended, reading why the server was stopping
+        it (if it was) in the same transaction, so a kill requested by any server counts."""
+        async with self._write() as conn:
+            job = await self._load(conn, job_id, events=False)
+            out = decide_outcome(returncode, job.end_cause)
+            return await self._transition(
+                conn,
+                job,
+                out.status,
+                server_id,
+                out.reason,
+                frozenset({JobStatus.RUNNING}),
+                {"exit_code": out.exit_code, "signal": out.signal, "ended_at": ended_at},
             )
-            if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
-                raise TransitionConflict(f"job {job_id} changed status during the update")
-            await conn.execute(
-                insert(JobEventRow).values(
-                    job_id=job_id,
-                    at=now,
-                    from_status=current,
-                    to_status=to,
-                    reason=reason,
-                    server_id=server_id,
-                )
+
+    async def _transition(
+        self,
+        conn: AsyncConnection,
+        job: Job,
+        to: JobStatus,
+        server_id: str | None,
+        reason: str | None,
+        only_from: frozenset[JobStatus] | None,
+        values: Mapping[str, Any] | None,
+    ) -> Job:
+        allowed = sources_of(to) & (only_from if only_from is not None else sources_of(to))
+        if job.status not in allowed:
+            raise TransitionConflict(
+                f"job {job.id} is {job.status}; cannot move to {to} "
+                f"(allowed from: {', '.join(sorted(allowed))})"
             )
-            return await self._load(conn, job_id)
+        now = utcnow()
+        row_values: dict[str, Any] = {"status": to, **(values or {})}
+        if to is JobStatus.RUNNING:
+            row_values.setdefault("started_at", now)
+        if to.is_terminal:
+            row_values.setdefault("ended_at", now)
+            row_values.setdefault("reason", reason)
+        result = await conn.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id, JobRow.status == job.status)
+            .values(**row_values)
+        )
+        if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
+            raise TransitionConflict(f"job {job.id} changed status during the update")
+        await conn.execute(
+            insert(JobEventRow).values(
+                job_id=job.id,
+                at=now,
+                from_status=job.status,
+                to_status=to,
+                reason=reason,
+                server_id=server_id,
+            )
+        )
+        return replace(job, **row_values)
 
     async def request_end(self, job_id: str, cause: EndCause) -> Job:
         """Record why the server is stopping an active job, before any signal is sent; the first
@@ -336,6 +377,8 @@ class Store:
         text = id_or_prefix.strip().lower()
         if not text or not all(c in "0123456789abcdef" for c in text):
             raise JobNotFound(id_or_prefix)
+        if len(text) == JOB_ID_LENGTH:
+            return text  # a whole id: whoever loads it reports a missing job
         async with self._read() as conn:
             rows = (
                 (
