@@ -269,10 +269,13 @@ def test_decode_chunks_never_splits_a_character() -> None:
 
 def test_decode_chunks_replaces_invalid_bytes_at_the_end() -> None:
     pos = {Stream.STDOUT: 0, Stream.STDERR: 0}
-    text, pos, n, _ = decode_chunks(
-        [Chunk(Stream.STDOUT, 0, b"ok\xff\xe2")], pos, 100, {Stream.STDOUT: 4, Stream.STDERR: 0}
-    )
+    chunks = [Chunk(Stream.STDOUT, 0, b"ok\xff\xe2")]
+    text, pos, n, _ = decode_chunks(chunks, pos, 100, {Stream.STDOUT: 4, Stream.STDERR: 0})
     assert text == "ok\ufffd\ufffd" and pos[Stream.STDOUT] == 4 and n == 4
+    # While the job runs, the incomplete character at the end waits for its other bytes.
+    start = {Stream.STDOUT: 0, Stream.STDERR: 0}
+    text, pos, n, _ = decode_chunks(chunks, start, 100, None)
+    assert text == "ok\ufffd" and pos[Stream.STDOUT] == 3 and n == 3
 
 
 def test_parse_helpers() -> None:

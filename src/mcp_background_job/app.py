@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import itertools
 import logging
 import re
 import signal
@@ -169,7 +170,8 @@ class App:
         pos = parse_cursor(cursor, job)
         streams = list(Stream) if stream == "both" else [Stream(stream)]
         text, pos, covered, dropped = await self._read(job, streams, pos, max_bytes)
-        more = any(pos[s] < job.ingested(s) for s in streams)
+        # Nothing covered: at most the start of a character the job has not finished writing.
+        more = covered > 0 and any(pos[s] < job.ingested(s) for s in streams)
         return OutputResult(
             job_id=job.id,
             stream=stream,
@@ -190,7 +192,7 @@ class App:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
         else:
             chunks = await self.store.read_interleaved(job.id, pos, want)
-        lengths = {s: job.ingested(s) for s in Stream}
+        lengths = {s: job.ingested(s) for s in Stream} if job.status.is_terminal else None
         result = decode_chunks(chunks, pos, max_bytes, lengths)
         if result[2] == 0 and chunks and max_bytes < 4:
             # Below one character: read the whole character rather than make no progress.
@@ -247,7 +249,7 @@ class App:
         ended = await self.runner.wait_end(job.id, wait_s)
         await self.runner.flush(job.id)
         job = await self.store.get_job(job.id, events=False)
-        pos = dict(written)
+        pos = {s: await self._char_start(job.id, s, at) for s, at in written.items()}
         text, pos, _, _ = await self._read(job, list(Stream), pos, MAX_READ_BYTES)
         return InteractResult(
             job_id=job.id,
@@ -258,6 +260,22 @@ class App:
             status=job.status,
             ended=ended,
         )
+
+    async def _char_start(self, job_id: str, stream: Stream, offset: int) -> int:
+        """``offset``, moved back to the first byte of the UTF-8 character it falls inside."""
+        lo = max(0, offset - 3)
+        chunks = await self.store.read_stream(job_id, stream, lo, offset + 1 - lo)
+        if not chunks or any(a.end != b.offset for a, b in itertools.pairwise(chunks)):
+            return offset
+        base, data = chunks[0].offset, b"".join(c.data for c in chunks)
+
+        def continuation(at: int) -> bool:
+            return base <= at < base + len(data) and 0x80 <= data[at - base] <= 0xBF
+
+        at = offset
+        while at > lo and continuation(at):
+            at -= 1
+        return at
 
     async def kill(
         self, job_id: str, signal_name: str = "TERM", grace_s: float | None = None
@@ -331,13 +349,15 @@ def decode_chunks(
     chunks: Sequence[Chunk],
     pos: dict[Stream, int],
     max_bytes: int,
-    lengths: Mapping[Stream, int],
+    final_lengths: Mapping[Stream, int] | None,
 ) -> tuple[str, dict[Stream, int], int, int]:
     """Text of ``chunks`` from the ``pos`` offsets, up to ``max_bytes``.
 
     Returns the text, the new offsets, the bytes covered and the bytes skipped over dropped gaps.
-    A multi-byte character cut by the limit is left for the next read, so a read split anywhere
-    never shows a replacement character that the output does not contain.
+    A multi-byte character cut by the limit, or not yet complete in a running job's output, is
+    left for the next read, so reads split anywhere never show a replacement character that the
+    output does not contain. ``final_lengths``: the streams' lengths once the job has ended (an
+    incomplete character at the very end is then shown as U+FFFD); None while it runs.
     """
     pos = dict(pos)
     decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in Stream}
@@ -360,7 +380,7 @@ def decode_chunks(
             break
     for s, dec in decoders.items():
         pending = dec.getstate()[0]
-        if pending and pos[s] < lengths[s]:
+        if pending and (final_lengths is None or pos[s] < final_lengths[s]):
             pos[s] -= len(pending)  # finish the character on the next read
             taken -= len(pending)
         elif pending:

@@ -1,0 +1,435 @@
+"""Benchmarks: the real server over stdio, driven by a real MCP client, each figure beside its
+baseline measured in the same run. Run through ``scripts/bench`` (``--quick`` for CI smoke).
+
+Prints a table (metric, baseline, ours, ratio, target, pass) and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
+
+SERVER = [sys.executable, "-m", "mcp_background_job.cli"]
+MB = 1_000_000
+
+
+@dataclass
+class Row:
+    metric: str
+    baseline: str
+    ours: str
+    ratio: float | None
+    target: str
+    ok: bool | None
+    note: str = ""
+
+
+@dataclass
+class Sizes:
+    big: int  # bytes for the "job not slowed" / capture job
+    huge: int  # bytes for the no-newline job
+    jobs_db: int  # jobs in the history database
+    samples: int  # latency samples per tool
+    many: int  # short jobs submitted at once
+    load_s: float  # seconds of flood for the latency test
+
+
+FULL = Sizes(big=200 * MB, huge=1000 * MB, jobs_db=100_000, samples=400, many=200, load_s=8)
+QUICK = Sizes(big=20 * MB, huge=50 * MB, jobs_db=5_000, samples=60, many=40, load_s=2)
+
+
+def big_cmd(n: int) -> str:
+    return f"head -c {n} /dev/zero | tr '\\0' a | fold -w 100"
+
+
+def server_pid(db: Path) -> int:
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute(
+            "select pid from servers where stopped_at is null order by started_at desc limit 1"
+        ).fetchone()
+    finally:
+        con.close()
+    return int(row[0])
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@asynccontextmanager
+async def server(db: Path, **settings: Any) -> AsyncIterator[Client[Any]]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update({f"MCP_BACKGROUND_JOB_{k.upper()}": str(v) for k, v in settings.items()})
+    env.setdefault("MCP_BACKGROUND_JOB_LOG_LEVEL", "WARNING")
+    transport = StdioTransport(SERVER[0], [*SERVER[1:], "--db", str(db)], env=env, keep_alive=False)
+    async with Client(transport, timeout=600) as client:
+        yield client
+
+
+async def call(client: Client[Any], tool: str, **args: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def wait_done(client: Client[Any], job_id: str) -> dict[str, Any]:
+    while True:
+        r = await call(client, "wait", job_id=job_id, timeout_s=50)
+        if r["finished"]:
+            return r["job"]
+
+
+def shell_time(cmd: str, out: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(["sh", "-c", f"{cmd} > {out}"], check=True)
+    elapsed = time.perf_counter() - t
+    out.unlink()
+    return elapsed
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+# --- the metrics ---------------------------------------------------------------------------
+
+
+async def bench_big_job(tmp: Path, sz: Sizes) -> list[Row]:
+    cmd = big_cmd(sz.big)
+    base = shell_time(cmd, tmp / "base.out")
+    async with server(tmp / "big.db", max_output_bytes=4 * sz.big) as c:
+        t = time.perf_counter()
+        job = await call(c, "execute", command=cmd)
+        done = await wait_done(c, job["id"])
+        all_stored = time.perf_counter() - t
+        expected = sz.big + sz.big // 100 - 1
+        assert done["stdout"]["stored"] == expected, done["stdout"]
+    run = done["duration_s"]
+    mb = sz.big / MB
+    return [
+        Row(f"job not slowed ({mb:.0f} MB)", f"{base:.2f} s", f"{run:.2f} s", run / base,
+            "≤ 1.1×", run / base <= 1.1, "job's own run time vs sh -c 'CMD > file'"),
+        Row(f"capture throughput ({mb:.0f} MB)", f"{base:.2f} s", f"{all_stored:.2f} s",
+            all_stored / base, "≤ 2.0×", all_stored / base <= 2.0,
+            "execute until every byte is stored"),
+    ]  # fmt: skip
+
+
+async def bench_huge_and_tail(tmp: Path, sz: Sizes) -> list[Row]:
+    n = sz.huge
+    cmd = f"head -c {n} /dev/zero"
+    base = shell_time(cmd, tmp / "base.out")
+    rows: list[Row] = []
+    async with server(tmp / "huge.db", max_output_bytes=2 * n) as c:
+        t = time.perf_counter()
+        job = await call(c, "execute", command=cmd)
+        done = await wait_done(c, job["id"])
+        stored_s = time.perf_counter() - t
+        assert done["stdout"]["stored"] == n
+        rate = n / MB / stored_s
+        pid = server_pid(tmp / "huge.db")
+        peak = peak_rss_mb(pid)
+        rows.append(
+            Row(f"no-newline {n // MB} MB", f"{base:.2f} s (shell)", f"{stored_s:.2f} s",
+                stored_s / base, "≥ 150 MB/s", rate >= 150, f"{rate:.0f} MB/s stored")
+        )  # fmt: skip
+        rows.append(
+            Row("memory: peak RSS", "-", f"{peak:.0f} MB", None, "≤ 150 MB", peak <= 150,
+                f"after {n // MB} MB of output")
+        )  # fmt: skip
+        small = await call(c, "execute", command="seq 1 200")
+        await wait_done(c, small["id"])
+        times: dict[str, list[float]] = {"big": [], "small": []}
+        for _ in range(max(20, sz.samples // 4)):
+            for key, jid in (("big", job["id"]), ("small", small["id"])):
+                t = time.perf_counter()
+                await call(c, "tail", job_id=jid, lines=50)
+                times[key].append(time.perf_counter() - t)
+        big_p50 = statistics.median(times["big"]) * 1000
+        small_p50 = statistics.median(times["small"]) * 1000
+        rows.append(
+            Row("tail 50 lines on big job", f"{small_p50:.2f} ms (1 KB job)",
+                f"{big_p50:.2f} ms ({n // MB} MB job)", big_p50 / small_p50, "≤ 2×",
+                big_p50 / small_p50 <= 2)
+        )  # fmt: skip
+    return rows
+
+
+async def bench_latency(tmp: Path, sz: Sizes) -> list[Row]:
+    async with server(tmp / "lat.db") as c:
+        for _ in range(3):
+            await call(c, "list", limit=20)
+        quiet = {"status": [], "list": []}
+        job = await call(c, "execute", command="true")
+        await lat_samples(c, job["id"], quiet, sz.samples // 2, None)
+        flood = [
+            await call(c, "execute", command="cat /dev/zero", labels=["flood"]) for _ in range(8)
+        ]
+        loaded: dict[str, list[float]] = {"status": [], "list": []}
+        t_end = time.perf_counter() + sz.load_s
+        await lat_samples(c, job["id"], loaded, sz.samples, t_end)
+        pid = server_pid(tmp / "lat.db")
+        rss = rss_mb(pid)
+        for j in flood:
+            await call(c, "kill", job_id=j["id"], grace_s=0)
+    rows = []
+    for tool in ("status", "list"):
+        p50 = statistics.median(loaded[tool]) * 1000
+        p99 = percentile(loaded[tool], 99) * 1000
+        q50 = statistics.median(quiet[tool]) * 1000
+        rows.append(
+            Row(f"{tool} latency, 8 jobs flooding", f"p50 {q50:.1f} ms idle",
+                f"p50 {p50:.1f} / p99 {p99:.1f} ms", p50 / q50, "p50 ≤ 5, p99 ≤ 30 ms",
+                p50 <= 5 and p99 <= 30, f"RSS {rss:.0f} MB while flooding")
+        )  # fmt: skip
+    return rows
+
+
+async def lat_samples(
+    c: Client[Any], job_id: str, out: dict[str, list[float]], n: int, until: float | None
+) -> None:
+    i = 0
+    while i < n or (until is not None and time.perf_counter() < until):
+        for tool, args in (("status", {"job_id": job_id}), ("list", {"limit": 20})):
+            t = time.perf_counter()
+            await call(c, tool, **args)
+            out[tool].append(time.perf_counter() - t)
+        i += 1
+
+
+def make_history_db(db: Path, n: int) -> None:
+    """A database with ``n`` finished jobs, made by a real server's schema (migrated)."""
+    from mcp_background_job.db import ensure_db_file, make_sync_engine, upgrade_to_head
+
+    ensure_db_file(db)
+    engine = make_sync_engine(db)
+    with engine.connect() as conn:
+        upgrade_to_head(conn)
+    engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute(
+        "insert into servers values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
+        "'2026-01-01 00:00:00', '2026-01-01 00:00:01')"
+    )
+    statuses = ["completed"] * 8 + ["failed", "killed"]
+    rows = []
+    for i in range(n):
+        created = f"2026-{1 + i * 12 // n:02d}-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00.{i:06d}"
+        rows.append(
+            (f"{i:012x}", f"make target{i % 997} && ./run-tests --shard {i % 13}", "/src",
+             "/bin/sh", "{}", statuses[i % 10], created, created, created,
+             0 if i % 10 < 8 else 1, "benchserver01", 0, 0, 0, 0, 0, 0)
+        )  # fmt: skip
+    con.executemany(
+        "insert into jobs (id, command, cwd, shell, env, status, created_at, started_at, "
+        "ended_at, exit_code, owner_id, stdout_bytes, stderr_bytes, stdout_stored, "
+        "stderr_stored, stdout_dropped, stderr_dropped) "
+        "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    con.executemany(
+        "insert into job_events (job_id, at, from_status, to_status) values (?,?,?,?)",
+        [(r[0], r[6], "running", r[5]) for r in rows],
+    )
+    con.executemany(
+        "insert into job_labels values (?, ?)",
+        [(r[0], f"shard-{i % 13}") for i, r in enumerate(rows)],
+    )
+    con.commit()
+    con.close()
+
+
+async def bench_history_and_startup(tmp: Path, sz: Sizes) -> list[Row]:
+    db = tmp / "history.db"
+    make_history_db(db, sz.jobs_db)
+    empty = tmp / "empty.db"
+    starts: dict[str, list[float]] = {"empty": [], "full": []}
+    for _ in range(3):
+        for key, path in (("empty", empty), ("full", db)):
+            t = time.perf_counter()
+            async with server(path) as c:
+                starts[key].append(time.perf_counter() - t)
+                await call(c, "list", limit=1)
+    lat: list[float] = []
+    async with server(db) as c:
+        filters = [
+            {"status": "failed"},
+            {"label": "shard-7"},
+            {"command_contains": "target42"},
+            {"since": "2026-11-01T00:00:00"},
+            {"status": "completed", "label": "shard-3"},
+        ]
+        for i in range(sz.samples):
+            t = time.perf_counter()
+            await call(c, "list", limit=20, **filters[i % len(filters)])
+            lat.append(time.perf_counter() - t)
+        base: list[float] = []
+        for _ in range(sz.samples // 2):
+            t = time.perf_counter()
+            await call(c, "list", limit=20)
+            base.append(time.perf_counter() - t)
+    p99 = percentile(lat, 99) * 1000
+    full = min(starts["full"])
+    return [
+        Row(f"list with a filter, {sz.jobs_db:,} jobs", f"p99 {percentile(base, 99) * 1000:.1f} ms unfiltered",
+            f"p99 {p99:.1f} ms", None, "p99 ≤ 20 ms", p99 <= 20),
+        Row(f"start-up to initialize, {sz.jobs_db:,} jobs", f"{min(starts['empty']):.2f} s (empty db)",
+            f"{full:.2f} s", full / min(starts["empty"]), "≤ 1.5 s", full <= 1.5),
+    ]  # fmt: skip
+
+
+async def bench_crash(tmp: Path, sz: Sizes) -> list[Row]:
+    db = tmp / "crash.db"
+    script = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.01; done"
+    async with server(db) as c:
+        job = await call(c, "execute", command=script)
+        await asyncio.sleep(1.5 if sz is QUICK else 3)
+        os.kill(server_pid(db), signal.SIGKILL)
+        try:
+            await call(c, "list", limit=1)
+        except Exception:  # the server is gone, as intended
+            pass
+    async with server(db) as c:
+        final = await call(c, "status", job_id=job["id"])
+        text, cursor = [], None
+        while True:
+            r = await call(c, "output", job_id=job["id"], cursor=cursor)
+            text.append(r["text"])
+            cursor = r["cursor"]
+            if not r["more"]:
+                break
+    lines = "".join(text).splitlines()
+    numbers = [int(x.split()[1]) for x in lines]
+    missing = (numbers[-1] + 1 - len(numbers)) if numbers else -1
+    ok = final["status"] == "failed" and missing == 0 and numbers[0] == 0
+    return [
+        Row("crash loss (SIGKILL of the server)", f"{len(numbers)} lines written",
+            f"{missing} missing", None, "0", ok, f"status {final['status']}: {final['reason']}")
+    ]  # fmt: skip
+
+
+async def bench_many(tmp: Path, sz: Sizes) -> list[Row]:
+    n = sz.many
+    t = time.perf_counter()
+    subprocess.run(
+        ["xargs", "-P", "8", "-n", "1", "sh", "-c"],
+        input="\n".join(["true"] * n).encode(),
+        check=True,
+    )
+    base = time.perf_counter() - t
+    async with server(tmp / "many.db", max_concurrent=8) as c:
+        t = time.perf_counter()
+        jobs = await asyncio.gather(*(call(c, "execute", command="true") for _ in range(n)))
+        for j in jobs:
+            await wait_done(c, j["id"])
+        ours = time.perf_counter() - t
+        failed = 0
+        for j in jobs:
+            status = (await call(c, "status", job_id=j["id"]))["status"]
+            failed += status != "completed"
+    return [
+        Row(f"{n} short jobs at once (limit 8)", f"{base:.2f} s (xargs -P 8)", f"{ours:.2f} s",
+            ours / base, "≤ 1.5×", ours / base <= 1.5 and failed == 0,
+            f"{failed} not completed")
+    ]  # fmt: skip
+
+
+BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
+    "big": bench_big_job,
+    "huge": bench_huge_and_tail,
+    "latency": bench_latency,
+    "history": bench_history_and_startup,
+    "crash": bench_crash,
+    "many": bench_many,
+}
+
+
+def render(rows: list[Row]) -> str:
+    head = ("metric", "baseline", "ours", "ratio", "target", "pass")
+    table = [head] + [
+        (r.metric, r.baseline, r.ours, "-" if r.ratio is None else f"{r.ratio:.2f}×", r.target,
+         "-" if r.ok is None else ("yes" if r.ok else "NO"))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+             for row in table]  # fmt: skip
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+    )
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--only", nargs="*", choices=list(BENCHES), help="run only these")
+    parser.add_argument("--json", type=Path, default=Path("bench-results/latest.json"))
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    rows: list[Row] = []
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mcpbj-bench-") as tmp:
+        for name in args.only or list(BENCHES):
+            t = time.perf_counter()
+            new = await BENCHES[name](Path(tmp), sizes)
+            rows += new
+            for r in new:
+                print(f"  {r.metric}: {r.ours} (baseline {r.baseline})", file=sys.stderr)
+            print(f"[{name}: {time.perf_counter() - t:.1f} s]", file=sys.stderr)
+    print(f"\nMachine: {machine()}\nMode: {'quick' if args.quick else 'full'}, "
+          f"{time.perf_counter() - began:.0f} s\n")  # fmt: skip
+    print(render(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {"machine": machine(), "quick": args.quick, "rows": [asdict(r) for r in rows]},
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
