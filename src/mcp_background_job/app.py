@@ -61,7 +61,7 @@ class App:
     @classmethod
     async def open(cls, settings: Settings) -> App:
         """Migrate the database, reconcile what dead servers left, and start capturing."""
-        store = Store(settings.db)
+        store = Store(settings.db, writer_nice=settings.storage_nice)
         await store.open()
         runner = Runner(settings, store, Ingester(settings, store))
         try:

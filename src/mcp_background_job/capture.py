@@ -25,10 +25,12 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Settings
+from .db import lower_thread_priority
 from .jobs import Job, Stream
 from .store import OutputBatch, Store
 
@@ -84,6 +86,10 @@ class Ingester:
         self._tail = settings.max_output_bytes - self._head
         self._puncher = _HolePuncher()
         self._rotate = 0
+        # One thread of its own for spool reads, at the storage priority (see Settings).
+        self._pool = ThreadPoolExecutor(
+            1, "ingest", initializer=lower_thread_priority, initargs=(settings.storage_nice,)
+        )
 
     # --- registration ---------------------------------------------------------------------
 
@@ -185,6 +191,7 @@ class Ingester:
             for cap in self._captures.values():
                 self._close(cap, unlink=False)
             self._captures.clear()
+        self._pool.shutdown(wait=False)
 
     def _close(self, cap: Capture, *, unlink: bool) -> None:
         for st in cap.streams.values():
@@ -205,7 +212,9 @@ class Ingester:
                 caps = [self._captures[j] for j in only if j in self._captures]
             if not caps:
                 return False
-            plans = await asyncio.to_thread(self._plan_all, caps)
+            plans = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._plan_all, caps
+            )
             changed = [p for p in plans if p.batch.chunks or p.batch.counters]
             if changed:
                 await self._store.write_output([p.batch for p in changed])

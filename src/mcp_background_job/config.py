@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     chunk_bytes: Annotated[
         int, Field(ge=4096, le=16 * MiB, description="Largest output row in the database.")
     ] = 256 * 1024
+    storage_nice: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=19,
+            description="Nice value of the threads that store output, so that busy jobs are "
+            "not slowed by their own capture (0: same priority as the jobs).",
+        ),
+    ] = 10
     subreaper: Annotated[
         bool,
         Field(description="Adopt orphaned grandchildren so kill reaches setsid/nohup children."),

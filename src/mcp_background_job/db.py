@@ -9,8 +9,10 @@ compare them and pass them to ``datetime()``/``julianday()``, and they sort corr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -182,18 +184,26 @@ metadata = Base.metadata
 # --- engines -------------------------------------------------------------------------------
 
 
-def _configure(engine: Engine, *, begin: str) -> None:
+def _configure(engine: Engine, *, begin: str, nice: int = 0) -> None:
     """Per-connection pragmas, and transactions begun by us instead of the legacy driver logic.
 
     ``BEGIN IMMEDIATE`` for writers takes the write lock up front so the busy timeout applies; a
     deferred ``BEGIN`` that later upgrades to a write fails at once with "database is locked".
+    ``nice``: CPU priority for the thread that runs this connection's statements (aiosqlite
+    gives each connection its own thread; a SQL function is the way to run code in it).
     """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        if nice:
+            dbapi_conn.create_function("mcpbj_nice", 0, lambda: lower_thread_priority(nice))
+            cur.execute("SELECT mcpbj_nice()")
         for pragma in (
+            # Big output rows are written ~1.7x faster with 64 KiB pages than with 4 KiB ones;
+            # it only applies to a new database (before its first table), else it is a no-op.
+            "page_size=65536",
             "journal_mode=WAL",
             "synchronous=NORMAL",
             f"busy_timeout={BUSY_TIMEOUT_MS}",
@@ -215,10 +225,20 @@ def ensure_db_file(path: Path) -> None:
     os.close(fd)
 
 
-def make_async_engine(path: Path, *, writer: bool, pool_size: int = 1) -> AsyncEngine:
+def lower_thread_priority(nice: int) -> int:
+    """Raise the calling thread's nice value (Linux threads have their own); returns it."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def make_async_engine(
+    path: Path, *, writer: bool, pool_size: int = 1, nice: int = 0
+) -> AsyncEngine:
     url = URL.create("sqlite+aiosqlite", database=str(path))
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-    _configure(engine.sync_engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
+    _configure(engine.sync_engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN", nice=nice)
     return engine
 
 

@@ -138,9 +138,10 @@ def decode_list_cursor(cursor: str) -> tuple[datetime, str]:
 class Store:
     """Jobs, events, output chunks and server instances in one SQLite file."""
 
-    def __init__(self, path: Path, *, read_pool: int = 4) -> None:
+    def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
-        self._writer = db.make_async_engine(path, writer=True)
+        # Most writes are output; a nicer writer thread leaves the CPU to the jobs producing it.
+        self._writer = db.make_async_engine(path, writer=True, nice=writer_nice)
         self._reader = db.make_async_engine(path, writer=False, pool_size=read_pool)
         self._write_lock = asyncio.Lock()
 
