@@ -37,6 +37,8 @@ from .store import OutputBatch, Store
 log = logging.getLogger(__name__)
 
 _PUNCH_MIN = 1024 * 1024
+_CHECKPOINT_IDLE = 8 * 1024 * 1024
+_CHECKPOINT_ALWAYS = 1024 * 1024 * 1024
 _BLOCK = 4096
 
 
@@ -132,10 +134,14 @@ class Ingester:
     # --- ingestion ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Ingest forever: immediately again while there is a backlog, else every interval."""
+        """Ingest forever: immediately again while there is a backlog, else every interval;
+        checkpoint the WAL once a backlog has been stored (or when it grows past a hard cap)."""
         while True:
             try:
                 more = await self._pass(None)
+                wal = self._store.wal_bytes()
+                if (not more and wal > _CHECKPOINT_IDLE) or wal > _CHECKPOINT_ALWAYS:
+                    await self._store.checkpoint()
             except Exception:  # task boundary: log, back off, keep capturing
                 log.exception("ingest_failed")
                 more = False

@@ -70,10 +70,10 @@ class Settings(BaseSettings):
     ] = 0.05
     ingest_batch_bytes: Annotated[
         int, Field(ge=64 * 1024, description="Most output stored in one transaction.")
-    ] = 4 * MiB
+    ] = 8 * MiB
     chunk_bytes: Annotated[
         int, Field(ge=4096, le=16 * MiB, description="Largest output row in the database.")
-    ] = 256 * 1024
+    ] = MiB
     storage_nice: Annotated[
         int,
         Field(

@@ -154,6 +154,22 @@ class Store:
         await self._writer.dispose()
         await self._reader.dispose()
 
+    def wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database file (without waiting for readers), on the writer
+        connection: a second connection checkpointing while this one writes can hit a WAL-reset
+        bug in SQLite < 3.51.3."""
+        async with self._write_lock, self._writer.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
         async with self._write_lock, self._writer.begin() as conn:
