@@ -18,7 +18,7 @@ from mcp_background_job.jobs import JobStatus
 from mcp_background_job.store import JobFilter, Store
 
 from .conftest import wait_for
-from .fixtures.make_db import JOBS, make_db
+from .fixtures.make_db import JOBS, NOW, make_db
 
 FIXTURE_IDS = {j.id for j in JOBS}
 STORED = {j.id: len(j.stdout) + len(j.stderr) for j in JOBS}
@@ -118,7 +118,7 @@ async def test_list_filters(old_store: Store) -> None:
         "cccc00000004",
         "bbbb00000003",
     ]
-    created = utcnow() - timedelta(days=50)
+    created = NOW - timedelta(days=50)  # the first fixture job's creation
     assert await ids(until=created + timedelta(seconds=90)) == ["aaaa00000002", "aaaa00000001"]
 
 
