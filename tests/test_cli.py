@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import pty
+import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -403,3 +405,39 @@ def test_help_does_not_import_fastmcp() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_logs_follow_says_when_the_jobs_server_is_gone(old_db: Path) -> None:
+    # The fixture's running job belongs to a server registered on this host whose process is
+    # gone: nothing will ever store more output or record the end, so following must stop.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    con = sqlite3.connect(old_db)
+    with con:
+        con.execute(
+            "update servers set hostname = ?, pid = ?, pid_start = NULL",
+            (socket.gethostname(), gone.pid),
+        )
+    con.close()
+    proc = cli("logs", "dddd", "--follow", db=old_db)
+    assert proc.returncode == 1
+    assert proc.stdout == b"still going\n"
+    assert b"the server that ran it has exited" in proc.stderr
+
+
+def test_logs_into_a_closed_pipe_stops_quietly(db: Path) -> None:
+    ok(cli("run", "-q", "--", "seq 1 200000", db=db))
+    shell = (
+        f"{shlex.quote(str(EXE))} logs $("
+        + f"{shlex.quote(str(EXE))} list --json"
+        + (" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0][\"id\"])') | head -n 2")
+    )
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", shell],
+        env=_env(MCP_BACKGROUND_JOB_DB=str(db)),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout == b"1\n2\n"
+    assert b"Traceback" not in proc.stderr and b"Broken pipe" not in proc.stderr, proc.stderr
