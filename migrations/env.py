@@ -25,6 +25,12 @@ else:
     ensure_db_file(settings.db)
     engine = make_sync_engine(settings.db)
     with engine.connect() as conn:
+        # As db.migrate_to does for servers: no cascades while batch mode rebuilds tables, and
+        # views that stay valid when a rebuilt table is renamed back.
+        # (Through the driver: foreign_keys is a no-op inside the transaction SQLAlchemy begins.)
+        raw = conn.connection.dbapi_connection
+        raw.execute("PRAGMA foreign_keys=OFF")
+        raw.execute("PRAGMA legacy_alter_table=ON")
         run(conn)
         conn.commit()
     engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -14,7 +15,10 @@ from alembic.script import ScriptDirectory
 
 from mcp_background_job import db
 from mcp_background_job.errors import StorageError
+from mcp_background_job.jobs import Stream
 from mcp_background_job.store import Store
+
+from .fixtures.make_db import JOBS, columns, make_db, snapshot
 
 
 def _migrated(path: Path) -> None:
@@ -98,3 +102,130 @@ def test_path_with_url_characters_opens_that_file(tmp_path: Path) -> None:
     _migrated(path)
     assert path.is_file()
     assert not (tmp_path / "aAb").exists()
+
+
+# --- upgrades of real old data (tests/fixtures/make_db.py) ------------------------------------
+
+
+def _migrate(path: Path, revision: str, *, downgrade: bool = False) -> None:
+    engine = db.make_sync_engine(path)
+    with engine.connect() as conn:
+        db.migrate_to(conn, revision, downgrade=downgrade)
+    engine.dispose()
+
+
+def _revision(path: Path) -> str:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("select version_num from alembic_version").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_every_revision_upgrades_old_data_intact_and_round_trips(tmp_path: Path) -> None:
+    script = ScriptDirectory.from_config(db.alembic_config())
+    head = script.get_current_head()
+    revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
+    assert revisions[0] == "0001" and revisions[-1] == head
+    for start in revisions:
+        path = make_db(tmp_path / f"at-{start}.db", start)
+        cols = columns(path)
+        before = snapshot(path, cols)
+        assert before["output_chunks"], "the fixture has output"
+        _migrate(path, "head")
+        assert _revision(path) == head
+        assert snapshot(path, cols) == before, f"data changed upgrading {start} -> head"
+        _migrate(path, start, downgrade=True)
+        assert _revision(path) == start
+        assert snapshot(path, cols) == before, f"data changed downgrading head -> {start}"
+        _migrate(path, "head")
+        assert snapshot(path, cols) == before
+
+
+async def test_an_upgraded_database_reads_like_a_new_one(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "old.db", "0001")
+    store = Store(path)
+    await store.open()  # what a server does at start-up
+    try:
+        job = await store.get_job(await store.resolve_id("aaaa00000001"))
+        assert job.labels == ("build", "ci")
+        assert [e.to_status for e in job.events] == ["queued", "running", "completed"]
+        chunks = await store.read_stream(job.id, Stream.STDOUT, 0, 1 << 20)
+        assert b"".join(c.data for c in chunks) == JOBS[0].stdout
+    finally:
+        await store.close()
+
+
+def test_views_show_jobs_and_output(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "jobs.db", "0001")
+    _migrate(path, "head")
+    con = sqlite3.connect(path)
+    con.text_factory = bytes
+    try:
+        views = con.execute("select name from sqlite_master where type = 'view'")
+        names = {r[0].decode() for r in views}
+        assert names == set(db.VIEWS)
+        row = con.execute(
+            "select stdout, stderr, output from job_output where job_id = 'aaaa00000001'"
+        ).fetchone()
+        assert row[0] == JOBS[0].stdout  # the split character is whole again
+        assert row[1] == JOBS[0].stderr
+        assert row[2] == b"hello\nw\xc3warning: something\n\xb6rld \xe2\x82\xac\nthird line\n"
+        summary = con.execute(
+            "select status, exit_code, labels, duration_s, output_bytes, stored_bytes, "
+            "dropped_bytes from job_summary where id = 'cccc00000004'"
+        ).fetchone()
+        assert summary == (b"timed_out", None, None, summary[3], 1010, 10, 1000)
+        assert summary[3] > 0
+        labels = con.execute("select labels from job_summary where id = 'aaaa00000001'").fetchone()
+        assert labels == (b"build,ci",)
+        texts = con.execute("select text from output_text where job_id = 'bbbb00000003'").fetchall()
+        assert texts == [(JOBS[2].stdout,)]
+    finally:
+        con.close()
+
+
+def test_views_survive_a_batch_migration_of_their_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A later migration that rebuilds `jobs` in batch mode (SQLite's way to ALTER) must not trip
+    # over the views that read it: SQLite checks every view when the rebuilt table is renamed,
+    # and fails with "error in view job_summary: no such table: main.jobs" unless migrate_to
+    # runs with legacy_alter_table on. Simulated with a copy of the scripts plus one revision.
+    scripts = tmp_path / "migrations"
+    shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = ScriptDirectory(str(scripts)).get_current_head()
+    (scripts / "versions" / "9999_rebuild_jobs.py").write_text(
+        f"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = {head!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table("jobs", recreate="always") as batch:
+        batch.add_column(sa.Column("future", sa.Integer(), nullable=True))
+
+
+def downgrade():
+    with op.batch_alter_table("jobs", recreate="always") as batch:
+        batch.drop_column("future")
+"""
+    )
+    path = make_db(tmp_path / "jobs.db", "0001")
+    monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
+    _migrate(path, "head")
+    assert _revision(path) == "9999"
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("select count(*) from job_summary").fetchone() == (len(JOBS),)
+        assert con.execute("select count(*) from job_labels").fetchone() == (3,)
+        assert con.execute("select count(*) from output_chunks").fetchone() == (
+            sum(len(j.chunks) for j in JOBS),
+        )
+    finally:
+        con.close()

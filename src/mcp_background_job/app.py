@@ -32,7 +32,7 @@ from .models import (
     view,
 )
 from .runner import Runner
-from .store import JobFilter, Store
+from .store import JobFilter, StatusChange, Store
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,36 @@ class App:
         while at > lo and continuation(at):
             at -= 1
         return at
+
+    async def recent_output(self, job_id: str) -> str:
+        """The last ``MAX_READ_BYTES`` of output (both streams, in the order stored), with a note
+        first when earlier output is left out (for the ``job://{id}/output`` resource)."""
+        tail = await self.tail(job_id, MAX_TAIL_LINES, "both")
+        job = await self.store.get_job(tail.job_id, events=False)
+        total = job.stdout_bytes + job.stderr_bytes
+        shown = len(tail.text.encode())
+        if total > shown:
+            return (
+                f"[... the first {total - shown} of {total} bytes are left out: read them "
+                "with the `output` tool ...]\n" + tail.text
+            )
+        return tail.text
+
+    async def changes(self, after: int | None) -> tuple[list[StatusChange], int]:
+        """Status changes of every job in the database after event ``after`` (None: from now
+        on), and the cursor to pass next time."""
+        if after is None:
+            _, newest = await self.store.status_changes(0, limit=0)
+            return [], newest
+        changes, newest = await self.store.status_changes(after)
+        if newest < after:  # pruning removed the newest events: go on from what is left
+            return [], newest
+        return changes, changes[-1].event_id if changes else after
+
+    async def write_stdin(self, job_id: str, data: bytes, *, eof: bool = False) -> None:
+        """Queue bytes for the job's stdin and return at once (the command line's ``run``)."""
+        job = await self.store.get_job(await self.store.resolve_id(job_id), events=False)
+        await self.runner.send_input(job, data, eof=eof)
 
     async def kill(
         self, job_id: str, signal_name: str = "TERM", grace_s: float | None = None

@@ -1,34 +1,154 @@
-"""Command line: ``mcp-background-job [serve] [--db PATH] ...`` (serve is the default)."""
+"""Command line: ``mcp-background-job [COMMAND] [--db PATH] ...``; ``serve`` is the default.
+
+Parsing is argparse (stdlib, fast ``--help``); the commands live in ``commands`` and print with
+``report`` (rich). Nothing here imports fastmcp except ``serve``, and nothing imports the
+database layer before a command needs it.
+
+Exit codes: 0 done; 1 it could not be done (storage, a job in the wrong state); 2 a usage error
+(bad arguments, unknown or ambiguous job id); ``run`` exits with the job's own exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from . import __version__
-from .config import Settings
+from .config import Settings, parse_age, parse_size
+from .errors import BackgroundJobError, InvalidRequest, JobNotFound
+
+PROG = "mcp-background-job"
+STATUSES = ("queued", "running", "completed", "failed", "killed", "timed_out")
+
+
+def _age(text: str) -> timedelta:
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Every parser takes the common options, so they work before or after a command's own
+    # arguments; SUPPRESS keeps a subcommand from resetting a value given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, help="SQLite database file (env MCP_BACKGROUND_JOB_DB).")
-    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument(
+        "--db",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="SQLite database file (env MCP_BACKGROUND_JOB_DB).",
+    )
+    common.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=argparse.SUPPRESS
+    )
     parser = argparse.ArgumentParser(
-        prog="mcp-background-job",
-        description="MCP server that runs shell commands as background jobs, on SQLite.",
+        prog=PROG,
+        description="MCP server that runs shell commands as background jobs, on SQLite; and "
+        "the history of those jobs for people. Without a command: serve.",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command")
-    serve = sub.add_parser("serve", parents=[common], help="Run the MCP server on stdio (default).")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help, **kw)
+
+    serve = command("serve", "Run the MCP server on stdio (the default).")
     serve.add_argument("--max-concurrent", type=int, help="Running jobs at once.")
     serve.add_argument("--shell", help="Shell used as SHELL -c COMMAND.")
+
+    ls = command("list", "Recent jobs, newest first.", aliases=["history"])
+    ls.add_argument("--status", action="append", choices=STATUSES, help="Repeat for several.")
+    ls.add_argument("--label", help="Only jobs with this label.")
+    ls.add_argument(
+        "--command", dest="command_contains", metavar="TEXT", help="Text in the command."
+    )
+    ls.add_argument("--since", help="Created since: an age (30m, 2h, 7d) or an ISO 8601 time.")
+    ls.add_argument("--until", help="Created before: an age or an ISO 8601 time.")
+    ls.add_argument("--exit-code", type=int, help="Only jobs that exited with this code.")
+    ls.add_argument("-n", "--limit", type=int, default=20, help="Most jobs shown; 0: all.")
+    ls.add_argument("--json", action="store_true", help="JSON for scripts.")
+
+    show = command("show", "A job, its transitions and its last lines of output.")
+    show.add_argument("id", help="Job id or a unique prefix of it.")
+    show.add_argument("-n", "--lines", type=int, default=20, help="Lines of output (default 20).")
+    show.add_argument("--json", action="store_true", help="JSON for scripts.")
+
+    logs = command("logs", "A job's output, byte for byte.")
+    logs.add_argument("id", help="Job id or a unique prefix of it.")
+    logs.add_argument(
+        "--stream",
+        choices=["stdout", "stderr", "both"],
+        default="both",
+        help="both (default): stdout to stdout and stderr to stderr, in the order stored; "
+        "stdout or stderr: that stream only, to stdout.",
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="Go on until the job ends.")
+    logs.add_argument("-n", "--tail", type=int, metavar="N", help="Only the last N lines.")
+
+    run = command(
+        "run",
+        "Run a job here and wait for it: its output streams to this terminal, Ctrl-C stops it, "
+        "and the exit status is the job's.",
+        usage=f"{PROG} run [OPTIONS] -- COMMAND [ARG...]",
+    )
+    run.add_argument("--cwd", help="Working directory (default: the current one).")
+    run.add_argument("--env", action="append", metavar="NAME=VALUE", help="Repeatable.")
+    run.add_argument("--label", action="append", help="Repeatable.")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="Kill it after this long.")
+    run.add_argument("-q", "--quiet", action="store_true", help="No start/end notes on stderr.")
+    run.add_argument(
+        "argv",
+        nargs="+",
+        metavar="COMMAND",
+        help="One argument: a shell command line (pipes work). Several: a command and its "
+        "arguments, quoted for the shell.",
+    )
+
+    kill = command("kill", "Stop a job (of any server on this host) and its whole process tree.")
+    kill.add_argument("id", help="Job id or a unique prefix of it.")
+    kill.add_argument("-s", "--signal", default="TERM", help="TERM (default), INT, HUP, KILL, ...")
+    kill.add_argument("--grace", type=float, help="Seconds before SIGKILL (default 5).")
+
+    stats = command("stats", "Counts by status, stored output, database size, longest jobs.")
+    stats.add_argument("--longest", type=int, default=5, help="Longest jobs listed (default 5).")
+    stats.add_argument("--json", action="store_true", help="JSON for scripts.")
+
+    dbp = command("db", "The database: schema migrations, pruning, vacuum.")
+    dbsub = dbp.add_subparsers(dest="db_cmd", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return dbsub.add_parser(name, parents=[common], help=help, description=help)
+
+    up = action("upgrade", "Migrate the schema (a server does this itself at start).")
+    up.add_argument("revision", nargs="?", default="head")
+    down = action("downgrade", "Migrate the schema back, for an older mcp-background-job.")
+    down.add_argument("revision", help="Target revision, e.g. 0001 (see `db history`).")
+    action("current", "The database's schema revision.")
+    action("history", "The schema revisions this version knows.")
+    prune = action("prune", "Delete ended jobs with their output; never queued or running ones.")
+    prune.add_argument("--older-than", type=_age, metavar="AGE", help="Ended before: 30d, 12h.")
+    prune.add_argument(
+        "--max-output", type=_size, metavar="SIZE", help="Oldest first until this much is left."
+    )
+    prune.add_argument("--keep-failed", action="store_true", help="Keep failed/timed-out jobs.")
+    prune.add_argument("--dry-run", action="store_true", help="Only say what would be deleted.")
+    action("vacuum", "Give the space of deleted rows back to the disk (rewrites the file).")
     return parser
 
 
@@ -42,27 +162,59 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "db" and args.db_cmd == "prune" and not (args.older_than or args.max_output):
+        parser.error("db prune needs --older-than AGE and/or --max-output SIZE")
     try:
         settings = build_settings(args)
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc'])) or 'setting'}: {e['msg']}" for e in exc.errors()]
-        print(
-            "mcp-background-job: invalid settings (from flags or MCP_BACKGROUND_JOB_* variables):\n"
-            + "\n".join(lines),
-            file=sys.stderr,
+        _fail(
+            "invalid settings (from flags or MCP_BACKGROUND_JOB_* variables):\n" + "\n".join(lines),
+            2,
         )
-        raise SystemExit(2) from None
-    # stdout is the protocol stream in stdio mode: logs go to stderr only.
+    serving = args.cmd in (None, "serve")
+    # Logs go to stderr only (stdout is the protocol stream, or the output a person reads).
+    # Commands for people log warnings only, unless asked.
+    level = settings.log_level if serving or "log_level" in args else "WARNING"
     logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if serving:
+        _serve(settings)
+        return
+    from . import commands
+
+    try:
+        code = commands.dispatch(args, settings)
+    except (InvalidRequest, JobNotFound) as exc:
+        _fail(str(exc), 2)
+    except BackgroundJobError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    raise SystemExit(code)
+
+
+def _serve(settings: Settings) -> None:
     from .server import create_server  # fastmcp is slow to import; keep --help fast
 
-    create_server(settings).run(transport="stdio", show_banner=False)
+    try:
+        create_server(settings).run(transport="stdio", show_banner=False)
+    except* BackgroundJobError as group:
+        # E.g. a database written by a newer version: refused before anything was changed.
+        _fail("; ".join(str(e) for e in group.exceptions), 1)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

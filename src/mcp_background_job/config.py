@@ -7,13 +7,35 @@ A malformed value is an error at start-up, never a silent fallback to defaults.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_age(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` as a duration; ValueError otherwise."""
+    m = _AGE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not an age: use a number and a unit, e.g. 30d, 12h, 90m")
+    return timedelta(seconds=float(m[1]) * _AGE_UNITS[m[2]])
+
+
+def parse_size(text: str) -> int:
+    """``1073741824``, ``500M``, ``2GiB``, ``64k`` as bytes (binary units); ValueError otherwise."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a size: use bytes or a number with K, M, G or T")
+    return int(m[1]) << (10 * " kmgt".index(m[2].lower() or " "))
 
 
 def default_db_path() -> Path:
@@ -88,6 +110,42 @@ class Settings(BaseSettings):
         Field(description="Adopt orphaned grandchildren so kill reaches setsid/nohup children."),
     ] = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    retention_max_age: Annotated[
+        timedelta | None,
+        Field(
+            description="Delete ended jobs (and their output) that ended longer ago than this: "
+            "30d, 12h, 90m, or seconds. Default: keep for ever."
+        ),
+    ] = None
+    retention_max_output_bytes: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            description="Delete the oldest ended jobs while all stored output together is above "
+            "this many bytes (500M, 2G). Default: no limit.",
+        ),
+    ] = None
+    retention_interval_s: Annotated[
+        float, Field(gt=0, description="How often the server applies the retention settings.")
+    ] = 600.0
+
+    @field_validator("retention_max_age", mode="before")
+    @classmethod
+    def _age(cls, value: Any) -> Any:
+        if isinstance(value, str) and _AGE.match(value):
+            value = parse_age(value)
+        elif isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            value = timedelta(seconds=float(value))
+        if isinstance(value, timedelta) and value <= timedelta(0):
+            raise ValueError("must be longer than 0 (or unset to keep jobs for ever)")
+        return value  # otherwise ISO 8601 (P30D), parsed by pydantic
+
+    @field_validator("retention_max_output_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, str) and _SIZE.match(value):
+            return parse_size(value)
+        return value
 
     @field_validator("db", "spool_dir")
     @classmethod

@@ -5,6 +5,10 @@ migrations must produce, which ``tests/test_migrations.py`` checks.
 
 Timestamps are stored as UTC text, ``YYYY-MM-DD HH:MM:SS.ffffff``: ``sqlite3`` users can read and
 compare them and pass them to ``datetime()``/``julianday()``, and they sort correctly as text.
+
+Views for people using ``sqlite3`` (``VIEWS``, created by migration 0002, not models): they are
+not tables, so the schema-drift check ignores them, and ``migrate_to`` keeps them valid through
+batch migrations.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ from .jobs import JobStatus, Stream
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+
+#: Read-only views for ``sqlite3`` users (migration 0002): one row per job with its duration and
+#: output sizes; output chunks as text; each job's whole output as text.
+VIEWS = ("job_summary", "output_text", "job_output")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -299,22 +307,28 @@ def check_revision(connection: Connection, cfg: Config) -> str | None:
     return current
 
 
-def upgrade_to_head(connection: Connection) -> None:
-    """Apply pending migrations in one ``BEGIN IMMEDIATE`` with foreign keys off.
+def migrate_to(connection: Connection, revision: str = "head", *, downgrade: bool = False) -> None:
+    """Move the schema to ``revision`` in one ``BEGIN IMMEDIATE``, with foreign keys off and
+    ``legacy_alter_table`` on; refuse a database written by a newer version.
 
     Foreign keys must be off while batch migrations recreate tables (a cascade would delete child
-    rows); the pragma is a no-op inside a transaction, so it is set on the raw connection first.
+    rows). ``legacy_alter_table`` keeps the views working through a batch migration: without it,
+    renaming the rebuilt ``_alembic_tmp_jobs`` back to ``jobs`` fails with "error in view
+    job_summary: no such table: main.jobs", because SQLite checks every view when a table is
+    renamed while the old table is already gone. Both pragmas are no-ops inside a transaction,
+    so they are set on the raw connection first.
     """
     raw = connection.connection.dbapi_connection
     assert raw is not None
-    cur = raw.cursor()
-    cur.execute("PRAGMA foreign_keys=OFF")
-    cur.close()
+    _pragmas(raw, "foreign_keys=OFF", "legacy_alter_table=ON")
     try:
         cfg = alembic_config(connection)
         with connection.begin():
             check_revision(connection, cfg)
-            command.upgrade(cfg, "head")
+            if downgrade:
+                command.downgrade(cfg, revision)
+            else:
+                command.upgrade(cfg, revision)
             problems = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             if problems:
                 raise StorageError(f"migration left dangling references: {problems[:5]}")
@@ -323,9 +337,19 @@ def upgrade_to_head(connection: Connection) -> None:
     except Exception as exc:  # any failure here means the database cannot be used
         raise StorageError(f"Could not migrate the database: {exc}") from exc
     finally:
-        cur = raw.cursor()
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
+        _pragmas(raw, "foreign_keys=ON", "legacy_alter_table=OFF")
+
+
+def upgrade_to_head(connection: Connection) -> None:
+    """Apply pending migrations (see ``migrate_to``)."""
+    migrate_to(connection, "head")
+
+
+def _pragmas(raw: Any, *pragmas: str) -> None:
+    cur = raw.cursor()
+    for pragma in pragmas:
+        cur.execute(f"PRAGMA {pragma}")
+    cur.close()
 
 
 async def migrate(engine: AsyncEngine) -> None:

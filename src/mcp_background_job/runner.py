@@ -39,7 +39,7 @@ from .jobs import (
     ServerInstance,
     Stream,
 )
-from .store import JOB_ID_LENGTH, Store
+from .store import JOB_ID_LENGTH, PruneResult, Store
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class Runner:
         self._spawn_task(self.ingester.run(), "ingest")
         self._spawn_task(self._scheduler(), "scheduler")
         self._spawn_task(self._maintenance(), "maintenance")
+        if self.settings.retention_max_age or self.settings.retention_max_output_bytes is not None:
+            self._spawn_task(self._retention(), "retention")
         log.info("server_started id=%s pid=%d", self.server_id, os.getpid())
 
     def instance(self) -> ServerInstance:
@@ -516,6 +518,35 @@ class Runner:
                     await self.reconcile()
             except Exception:  # task boundary: keep the server going
                 log.exception("maintenance_failed")
+
+    async def apply_retention(self) -> PruneResult:
+        """Delete ended jobs past the retention settings, in small transactions (see
+        ``Store.delete_jobs``), so tool calls of every server keep going meanwhile."""
+        max_age = self.settings.retention_max_age
+        candidates = await self.store.prune_candidates(
+            ended_before=utcnow() - max_age if max_age else None,
+            max_output_bytes=self.settings.retention_max_output_bytes,
+        )
+        if not candidates:
+            return PruneResult()
+        result = await self.store.delete_jobs([c.job_id for c in candidates])
+        log.info(
+            "retention_pruned jobs=%d output_bytes=%d chunks=%d max_age=%s max_output_bytes=%s",
+            result.jobs,
+            result.output_bytes,
+            result.chunks,
+            max_age,
+            self.settings.retention_max_output_bytes,
+        )
+        return result
+
+    async def _retention(self) -> None:
+        while True:
+            try:
+                await self.apply_retention()
+            except Exception:  # task boundary: retention must never stop the server
+                log.exception("retention_failed")
+            await asyncio.sleep(self.settings.retention_interval_s)
 
 
 def _version() -> str:

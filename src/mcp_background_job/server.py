@@ -1,20 +1,39 @@
 """The MCP layer: one small typed function per tool, mapped onto ``App``. The only module that
 imports fastmcp. Domain errors become tool errors with their message; anything unexpected is
-logged with its traceback and reported without internals."""
+logged with its traceback and reported without internals.
+
+Jobs are resources too: ``job://{id}`` (the job view, JSON) and ``job://{id}/output`` (the last
+64 KiB of its output); the newest jobs are listed. Subscribers are told when a job's status
+changes, in both protocol eras: ``resources/subscribe`` (2025-11-25) and ``subscriptions/listen``
+(2026-07-28; notifications outside a request only travel on a listen stream there). Changes are
+found by polling ``job_events``, so jobs of other servers on the database are covered too.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
+import mcp_types
 from fastmcp import Context, FastMCP
 from fastmcp.dependencies import CurrentContext, Depends
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import ResourceError, ToolError
+from fastmcp.resources import Resource
+from fastmcp.server.providers import Provider
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    ResourcesListChanged,
+    ResourceUpdated,
+)
 from pydantic import Field
 
 from .app import MAX_READ_BYTES, MAX_TAIL_LINES, App
@@ -22,6 +41,7 @@ from .config import Settings
 from .errors import BackgroundJobError
 from .jobs import JobStatus
 from .models import InteractResult, JobView, ListResult, OutputResult, TailResult, WaitResult
+from .store import StatusChange
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +62,10 @@ StreamArg = Annotated[
 
 _READ = {"readOnlyHint": True, "destructiveHint": False, "idempotentHint": True,
          "openWorldHint": False}  # fmt: skip
+#: Jobs listed by ``resources/list`` (newest first); older ones are read through the templates.
+RESOURCE_LIST_LIMIT = 50
+#: How often the database is checked for status changes to notify subscribers about.
+WATCH_INTERVAL_S = 0.5
 
 
 async def _call(op: Awaitable[T]) -> T:
@@ -59,6 +83,120 @@ async def _call(op: Awaitable[T]) -> T:
         ) from exc
 
 
+async def _resource(op: Awaitable[T]) -> T:
+    try:
+        return await op
+    except BackgroundJobError as exc:
+        # Not found and the like are answers, not server faults: no traceback in the log.
+        raise ResourceError(str(exc), log_level=logging.DEBUG) from exc
+
+
+async def _job_json(app: App, job_id: str) -> str:
+    view = await _resource(app.status(job_id))
+    return view.model_dump_json(indent=2)
+
+
+async def _job_output(app: App, job_id: str) -> str:
+    return await _resource(app.recent_output(job_id))
+
+
+class _RecentJobs(Provider):
+    """Lists the newest jobs as resources, so clients that browse resources see them. Reads go
+    to the ``job://`` templates (``_get_resource`` declines), which serve every job."""
+
+    def __init__(self, apps: dict[str, App]) -> None:
+        super().__init__()
+        self._apps = apps
+
+    async def _list_resources(self) -> Sequence[Resource]:
+        app = self._apps.get("app")
+        if app is None:
+            return []
+        listed: list[Resource] = []
+        for job in (await app.list_jobs(limit=RESOURCE_LIST_LIMIT)).jobs:
+            what = f"{job.status}: {' '.join(job.command.split())[:80]}"
+            listed.append(
+                Resource.from_function(
+                    partial(_job_json, app, job.id),
+                    uri=f"job://{job.id}",
+                    name=f"job {job.id}",
+                    description=f"Job {job.id} ({what}): status, exit code, times, transitions.",
+                    mime_type="application/json",
+                )
+            )
+            listed.append(
+                Resource.from_function(
+                    partial(_job_output, app, job.id),
+                    uri=f"job://{job.id}/output",
+                    name=f"output of job {job.id}",
+                    description=f"The last 64 KiB of the output of job {job.id} ({what}).",
+                    mime_type="text/plain",
+                )
+            )
+        return listed
+
+    async def _get_resource(self, uri: str, version: Any = None) -> Resource | None:
+        return None
+
+
+class _Subscriptions:
+    """Who wants to hear about which ``job://`` URI, in both protocol eras."""
+
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()  # 2026-07-28: listen streams filter by URI
+        self.sessions: dict[str, set[Any]] = {}  # 2025-11-25: resources/subscribe
+
+    async def subscribe(self, ctx: Any, params: mcp_types.SubscribeRequestParams) -> Any:
+        self.sessions.setdefault(str(params.uri), set()).add(ctx.session)
+        return mcp_types.EmptyResult()
+
+    async def unsubscribe(self, ctx: Any, params: mcp_types.UnsubscribeRequestParams) -> Any:
+        self.sessions.get(str(params.uri), set()).discard(ctx.session)
+        return mcp_types.EmptyResult()
+
+    async def changed(self, change: StatusChange) -> None:
+        if change.created:
+            await self.bus.publish(ResourcesListChanged())
+        for uri in (f"job://{change.job_id}", f"job://{change.job_id}/output"):
+            await self.bus.publish(ResourceUpdated(uri=uri))
+            for session in list(self.sessions.get(uri, ())):
+                try:
+                    await session.send_resource_updated(uri)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):  # client gone
+                    for subscribers in self.sessions.values():
+                        subscribers.discard(session)
+
+    def install(self, mcp: FastMCP) -> None:
+        # FastMCP 4.2 serves neither method itself (and its extension API refuses spec methods):
+        # register them on its low-level server, as FastMCP does for its own handlers.
+        low = mcp._mcp_server
+        low.add_request_handler(
+            "resources/subscribe", mcp_types.SubscribeRequestParams, self.subscribe
+        )
+        low.add_request_handler(
+            "resources/unsubscribe", mcp_types.UnsubscribeRequestParams, self.unsubscribe
+        )
+        low.add_request_handler(
+            "subscriptions/listen",
+            mcp_types.SubscriptionsListenRequestParams,
+            ListenHandler(self.bus),
+        )
+
+    async def watch(self, app: App) -> None:
+        """Tell subscribers about every status change recorded in the database."""
+        cursor: int | None = None
+        while True:
+            more = False
+            try:
+                changes, cursor = await app.changes(cursor)
+                for change in changes:
+                    await self.changed(change)
+                more = bool(changes)
+            except Exception:  # task boundary: notifications must not stop the server
+                log.exception("watch_failed")
+            await asyncio.sleep(0 if more else WATCH_INTERVAL_S)
+
+
 def get_app(ctx: Context = CurrentContext()) -> App:
     app: App = ctx.lifespan_context["app"]
     return app
@@ -67,10 +205,15 @@ def get_app(ctx: Context = CurrentContext()) -> App:
 def create_server(settings: Settings) -> FastMCP:
     """A FastMCP server whose lifespan opens the database and runs the jobs."""
 
+    apps: dict[str, App] = {}
+    subscriptions = _Subscriptions()
+
     @asynccontextmanager
     async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         app = await App.open(settings)
+        apps["app"] = app
         loop = asyncio.get_running_loop()
+        watcher = loop.create_task(subscriptions.watch(app), name="watch")
         signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
         async def stop(signame: str) -> None:
@@ -92,12 +235,39 @@ def create_server(settings: Settings) -> FastMCP:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            apps.clear()
             await app.close()
 
     mcp = FastMCP(
         "mcp-background-job", instructions=INSTRUCTIONS, lifespan=lifespan,
-        mask_error_details=True,
+        mask_error_details=True, providers=[_RecentJobs(apps)],
     )  # fmt: skip
+    subscriptions.install(mcp)
+
+    @mcp.resource(
+        "job://{job_id}",
+        name="job",
+        description="A job: command, status, exit code or signal, times, output sizes and "
+        "transitions (JSON). A unique id prefix works.",
+        mime_type="application/json",
+        annotations={"readOnlyHint": True, "idempotentHint": True},
+    )
+    async def job_resource(job_id: str, app: App = Depends(get_app)) -> str:
+        return await _job_json(app, job_id)
+
+    @mcp.resource(
+        "job://{job_id}/output",
+        name="job output",
+        description="The last 64 KiB of a job's output (stdout and stderr in the order stored); "
+        "the `output` tool pages through all of it.",
+        mime_type="text/plain",
+        annotations={"readOnlyHint": True, "idempotentHint": True},
+    )
+    async def job_output_resource(job_id: str, app: App = Depends(get_app)) -> str:
+        return await _job_output(app, job_id)
 
     @mcp.tool(
         title="Start a background job",

@@ -26,6 +26,7 @@ from .db import JobEventRow, JobLabelRow, JobRow, OutputChunkRow, ServerRow, utc
 from .errors import InvalidRequest, JobNotFound, TransitionConflict
 from .jobs import (
     ACTIVE,
+    TERMINAL,
     Chunk,
     EndCause,
     Job,
@@ -41,6 +42,13 @@ from .jobs import (
 JOB_ID_LENGTH = 12
 #: Chunks fetched per round trip when walking output in order or backwards.
 _ROWS_PER_FETCH = 16
+#: Rows deleted per transaction when pruning: deleting a 1 GiB job this way kept each
+#: transaction under ~260 ms, so tool calls of every server wait at most that long.
+PRUNE_BATCH_ROWS = 1000
+#: Jobs whose rows (events and labels cascading) are deleted in one transaction.
+_PRUNE_JOBS_PER_TXN = 200
+#: ``--keep-failed``: jobs that failed or ran out of time are kept.
+FAILURES = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
 @dataclass(slots=True)
@@ -61,6 +69,51 @@ class JobFilter:
     label: str | None = None
     command_contains: str | None = None
     since: datetime | None = None
+    until: datetime | None = None
+    statuses: frozenset[JobStatus] = frozenset()  # any of these (with ``status``: both apply)
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """One row of ``job_events``: a job was created (``created``) or changed status."""
+
+    event_id: int
+    job_id: str
+    status: JobStatus
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCandidate:
+    job_id: str
+    status: JobStatus
+    ended_at: datetime
+    stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    jobs: int = 0
+    chunks: int = 0
+    output_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Totals over the whole database. Byte totals come from the job rows (no data is read)."""
+
+    jobs: int
+    by_status: tuple[tuple[JobStatus, int], ...]
+    written_bytes: int
+    stored_bytes: int
+    dropped_bytes: int
+    first_created: datetime | None
+    last_created: datetime | None
+    page_size: int
+    page_count: int
+    free_pages: int
+    longest: tuple[Job, ...]
 
 
 def _job(row: Row[Any], events: Sequence[JobEvent] = ()) -> Job:
@@ -439,6 +492,12 @@ class Store:
             query = query.where(JobRow.command.like(f"%{pattern}%", escape="\\"))
         if flt.since is not None:
             query = query.where(JobRow.created_at >= flt.since)
+        if flt.until is not None:
+            query = query.where(JobRow.created_at < flt.until)
+        if flt.statuses:
+            query = query.where(JobRow.status.in_(sorted(flt.statuses)))
+        if flt.exit_code is not None:
+            query = query.where(JobRow.exit_code == flt.exit_code)
         if cursor is not None:
             created, last_id = decode_list_cursor(cursor)
             query = query.where(
@@ -625,3 +684,166 @@ class Store:
                         break
         out.reverse()
         return out
+
+    # --- history and retention ----------------------------------------------------------
+
+    async def status_changes(self, after: int, limit: int = 500) -> tuple[list[StatusChange], int]:
+        """Status changes recorded after event ``after``, oldest first, and the newest event id
+        (lower than ``after`` when pruning removed the newest events: start again from it)."""
+        e = JobEventRow
+        async with self._read() as conn:
+            rows = (
+                await conn.execute(
+                    select(e.id, e.job_id, e.to_status, e.from_status)
+                    .where(e.id > after)
+                    .order_by(e.id)
+                    .limit(limit)
+                )
+            ).all()
+            top = (await conn.execute(select(func.max(e.id)))).scalar_one_or_none() or 0
+        changes = [StatusChange(i, j, JobStatus(to), frm is None) for i, j, to, frm in rows]
+        return changes, top
+
+    async def get_server(self, server_id: str) -> ServerInstance | None:
+        async with self._read() as conn:
+            row = (await conn.execute(select(ServerRow).where(ServerRow.id == server_id))).first()
+        return None if row is None else _server(row)
+
+    async def stats(self, *, longest: int = 5) -> Stats:
+        j = JobRow
+        duration = func.julianday(func.coalesce(j.ended_at, func.datetime("now"))) - func.julianday(
+            j.started_at
+        )
+        async with self._read() as conn:
+            counts = (await conn.execute(select(j.status, func.count()).group_by(j.status))).all()
+            totals = (
+                await conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(j.stdout_bytes + j.stderr_bytes), 0),
+                        func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0),
+                        func.coalesce(func.sum(j.stdout_dropped + j.stderr_dropped), 0),
+                        func.min(j.created_at),
+                        func.max(j.created_at),
+                    )
+                )
+            ).one()
+            rows = await conn.execute(
+                select(*_JOB_COLUMNS)
+                .where(j.started_at.is_not(None))
+                .order_by(duration.desc())
+                .limit(longest)
+            )
+            slow = tuple(_job(r) for r in rows)
+            pages = [
+                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                for name in ("page_size", "page_count", "freelist_count")
+            ]
+        order = {s: i for i, s in enumerate(JobStatus)}
+        by_status = tuple(sorted(((JobStatus(s), n) for s, n in counts), key=lambda x: order[x[0]]))
+        return Stats(
+            jobs=totals[0],
+            by_status=by_status,
+            written_bytes=totals[1],
+            stored_bytes=totals[2],
+            dropped_bytes=totals[3],
+            first_created=totals[4],
+            last_created=totals[5],
+            page_size=pages[0],
+            page_count=pages[1],
+            free_pages=pages[2],
+            longest=slow,
+        )
+
+    async def prune_candidates(
+        self,
+        *,
+        ended_before: datetime | None = None,
+        max_output_bytes: int | None = None,
+        keep_failed: bool = False,
+    ) -> list[PruneCandidate]:
+        """Ended jobs to delete: those that ended before ``ended_before``, then the oldest others
+        while the stored output of all jobs is above ``max_output_bytes``. Never an active job.
+        """
+        j = JobRow
+        kept = TERMINAL - FAILURES if keep_failed else TERMINAL
+        stored = (j.stdout_stored + j.stderr_stored).label("stored")
+        base = select(j.id, j.status, j.ended_at, stored).where(
+            j.status.in_(sorted(kept)), j.ended_at.is_not(None)
+        )
+        chosen: dict[str, PruneCandidate] = {}
+        async with self._read() as conn:
+            if ended_before is not None:
+                for r in await conn.execute(base.where(j.ended_at < ended_before)):
+                    chosen[r.id] = PruneCandidate(r.id, JobStatus(r.status), r.ended_at, r.stored)
+            if max_output_bytes is not None:
+                total = (
+                    await conn.execute(
+                        select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0))
+                    )
+                ).scalar_one()
+                excess = total - max_output_bytes - sum(c.stored_bytes for c in chosen.values())
+                page = base.order_by(j.ended_at, j.id).limit(PRUNE_BATCH_ROWS)
+                offset = 0
+                while excess > 0:
+                    rows = (await conn.execute(page.offset(offset))).all()
+                    if not rows:
+                        break
+                    offset += len(rows)
+                    for r in rows:
+                        if excess <= 0:
+                            break
+                        if r.id not in chosen:
+                            chosen[r.id] = PruneCandidate(
+                                r.id, JobStatus(r.status), r.ended_at, r.stored
+                            )
+                            excess -= r.stored
+        return sorted(chosen.values(), key=lambda c: (c.ended_at, c.job_id))
+
+    async def delete_jobs(
+        self, job_ids: Sequence[str], *, batch_rows: int = PRUNE_BATCH_ROWS
+    ) -> PruneResult:
+        """Delete ended jobs with their output, events and labels, ``batch_rows`` output rows per
+        transaction so other writers wait at most one batch. Active jobs are never deleted (the
+        status is checked in every statement), whatever the caller passes."""
+        j, c = JobRow, OutputChunkRow
+        jobs = chunks = freed = 0
+        for start in range(0, len(job_ids), _PRUNE_JOBS_PER_TXN):
+            group = list(job_ids[start : start + _PRUNE_JOBS_PER_TXN])
+            ended = select(j.id).where(j.id.in_(group), j.status.in_(sorted(TERMINAL)))
+            while True:
+                async with self._write() as conn:
+                    result = await conn.execute(
+                        delete(c).where(
+                            c.id.in_(select(c.id).where(c.job_id.in_(ended)).limit(batch_rows))
+                        )
+                    )
+                chunks += result.rowcount
+                if result.rowcount < batch_rows:
+                    break
+                await asyncio.sleep(0)  # let this process's other writers in between batches
+            async with self._write() as conn:
+                freed += (
+                    await conn.execute(
+                        select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0)).where(
+                            j.id.in_(ended)
+                        )
+                    )
+                ).scalar_one()
+                result = await conn.execute(
+                    delete(j).where(j.id.in_(group), j.status.in_(sorted(TERMINAL)))
+                )
+                jobs += result.rowcount
+            await asyncio.sleep(0)
+        return PruneResult(jobs=jobs, chunks=chunks, output_bytes=freed)
+
+    async def vacuum(self) -> None:
+        """Rebuild the file without its free pages, then truncate the WAL that VACUUM filled.
+
+        VACUUM cannot run in a transaction: it goes through the driver connection directly.
+        """
+        async with self._write_lock, self._writer.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.execute("VACUUM")
+            await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")

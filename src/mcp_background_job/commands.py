@@ -1,0 +1,359 @@
+"""The command line's commands for people (everything but ``serve``), one function each.
+
+Reading commands open the database through ``history.open_existing`` (migrated like a server
+would, never created by a typo). ``run`` and ``kill`` open an ``App``: for their duration this
+process is a server on the database, so the same checks and policy apply as for MCP tools, and
+other servers see it as alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from alembic import command as alembic
+
+from . import db, history
+from .app import App, parse_since
+from .config import Settings
+from .db import utcnow
+from .errors import InvalidRequest, JobStateError
+from .history import FileSink
+from .jobs import Job, JobStatus, Stream
+from .models import summary, view
+from .report import Report, db_files, ended_how_view, human_bytes, human_duration, output_text
+from .store import JobFilter, Store
+
+#: ``run``'s exit status for a job that ran out of time, as GNU ``timeout`` does.
+EXIT_TIMED_OUT = 124
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cmd == "db" and args.db_cmd in ("upgrade", "downgrade", "current", "history"):
+        return schema(args, settings)
+    handlers: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
+        "list": list_jobs,
+        "history": list_jobs,
+        "show": show,
+        "logs": logs,
+        "run": run,
+        "kill": kill,
+        "stats": stats,
+        "db": prune if args.cmd == "db" and args.db_cmd == "prune" else vacuum,
+    }
+    return asyncio.run(handlers[args.cmd](args, settings))
+
+
+def _out() -> Report:
+    return Report(sys.stdout)
+
+
+def _note(text: str) -> None:
+    print(f"mcp-background-job: {text}", file=sys.stderr, flush=True)
+
+
+async def _reading(settings: Settings) -> Store:
+    return await history.open_existing(settings.db)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    if args.limit < 0:
+        raise InvalidRequest("--limit must be 0 (all) or more.")
+    flt = JobFilter(
+        statuses=frozenset(JobStatus(s) for s in args.status or ()),
+        label=args.label,
+        command_contains=args.command_contains,
+        since=parse_since(args.since) if args.since else None,
+        until=parse_since(args.until) if args.until else None,
+        exit_code=args.exit_code,
+    )
+    store = await _reading(settings)
+    try:
+        jobs: list[Job] = []
+        cursor: str | None = None
+        while not args.limit or len(jobs) < args.limit:
+            want = 200 if not args.limit else min(200, args.limit - len(jobs))
+            page, cursor = await store.list_jobs(flt, limit=want, cursor=cursor)
+            jobs.extend(page)
+            if cursor is None:
+                break
+    finally:
+        await store.close()
+    now = utcnow()
+    if args.json:
+        print(json.dumps([summary(j, now).model_dump(mode="json") for j in jobs], indent=2))
+    else:
+        _out().jobs(jobs, now)
+    return 0
+
+
+async def show(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _reading(settings)
+    try:
+        job = await store.get_job(await store.resolve_id(args.id))
+        tail, _ = await history.last_lines(store, job, list(Stream), max(0, args.lines))
+    finally:
+        await store.close()
+    now = utcnow()
+    if args.json:
+        data = view(job, now).model_dump(mode="json")
+        data["last_lines"] = output_text(tail, styled=False).plain
+        print(json.dumps(data, indent=2))
+    else:
+        _out().show(view(job, now), tail, args.lines, now)
+    return 0
+
+
+async def logs(args: argparse.Namespace, settings: Settings) -> int:
+    streams = list(Stream) if args.stream == "both" else [Stream(args.stream)]
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    files = {Stream.STDOUT: out, Stream.STDERR: err} if args.stream == "both" else {streams[0]: out}
+    sink = FileSink(files, sys.stderr)
+    store = await _reading(settings)
+    try:
+        job = await store.get_job(await store.resolve_id(args.id), events=False)
+        if args.tail is not None:
+            chunks, pos = await history.last_lines(store, job, streams, args.tail)
+            starts = {s: pos[s] for s in Stream}
+            for ch in reversed(chunks):
+                starts[ch.stream] = ch.offset
+            history.emit(chunks, starts, sink)
+        else:
+            pos = {s: 0 for s in Stream}
+            await history.copy_output(store, job.id, streams, pos, sink)
+        if args.follow:
+            await history.follow(store, job.id, streams, pos, sink)
+    finally:
+        await store.close()
+    return 0
+
+
+async def stats(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _reading(settings)
+    try:
+        st = await store.stats(longest=max(0, args.longest))
+    finally:
+        await store.close()
+    now = utcnow()
+    if args.json:
+        data = {
+            "jobs": st.jobs,
+            "by_status": {str(s): n for s, n in st.by_status},
+            "output_written_bytes": st.written_bytes,
+            "output_stored_bytes": st.stored_bytes,
+            "output_dropped_bytes": st.dropped_bytes,
+            "database_bytes": sum(p.stat().st_size for p in db_files(settings.db)),
+            "free_bytes": st.free_pages * st.page_size,
+            "longest": [summary(j, now).model_dump(mode="json") for j in st.longest],
+        }
+        print(json.dumps(data, indent=2))
+    else:
+        _out().stats(st, settings.db, now)
+    return 0
+
+
+# --- starting and stopping jobs ----------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    argv: list[str] = args.argv
+    line = argv[0] if len(argv) == 1 else shlex.join(argv)
+    env: dict[str, str] = {}
+    for pair in args.env or ():
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--env {pair!r}: use NAME=VALUE.")
+        env[name] = value
+    app = await App.open(settings)
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+    caught = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
+    try:
+        job_view = await app.execute(line, args.cwd, env, args.timeout, args.label or [])
+        job_id = job_view.id
+        if not args.quiet:
+            _note(f"job {job_id} started: {line}")
+        stops = 0
+
+        def on_signal(signum: signal.Signals) -> None:
+            # Like a terminal's Ctrl-C for a foreground job; a second one kills at once.
+            nonlocal stops
+            stops += 1
+            name = caught[signum] if stops == 1 else "KILL"
+            grace = settings.kill_grace_s if stops == 1 else 0.0
+            task = loop.create_task(app.kill(job_id, name, grace), name=f"kill-{name}")
+            tasks.add(task)
+
+        for signum in caught:
+            loop.add_signal_handler(signum, on_signal, signum)
+        tasks.add(loop.create_task(_forward_stdin(app, job_id), name="stdin"))
+        sink = FileSink(
+            {Stream.STDOUT: sys.stdout.buffer, Stream.STDERR: sys.stderr.buffer}, sys.stderr
+        )
+        pos = {s: 0 for s in Stream}
+        job = await history.follow(
+            app.store, job_id, list(Stream), pos, sink, poll_s=0.05, check_owner=False
+        )
+        if not args.quiet:
+            end = view(job, utcnow())
+            how = ended_how_view(end)
+            _note(
+                f"job {job_id} {job.status}"
+                + (f" ({how})" if how != "-" else "")
+                + (f": {job.reason}" if job.reason else "")
+                + f" after {human_duration(end.duration_s)}"
+            )
+        return exit_status(job)
+    finally:
+        for signum in caught:
+            loop.remove_signal_handler(signum)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await app.close()
+
+
+def exit_status(job: Job) -> int:
+    """The job's exit status as a shell reports it: the exit code, or 128 + the signal number;
+    124 for a timeout (as ``timeout`` does), 1 for a job that never ran or was lost."""
+    if job.status is JobStatus.TIMED_OUT:
+        return EXIT_TIMED_OUT
+    if job.exit_code is not None:
+        return job.exit_code
+    if job.signal:
+        name = job.signal.removeprefix("SIG")
+        with contextlib.suppress(KeyError, ValueError):
+            return 128 + (int(name) if name.isdigit() else signal.Signals[f"SIG{name}"].value)
+    return 1
+
+
+async def _forward_stdin(app: App, job_id: str) -> None:
+    """Copy this process's stdin to the job's (EOF included), without blocking the loop: a
+    daemon thread does the blocking reads, one buffer at a time (back-pressure)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=4)
+
+    def reader() -> None:
+        while True:
+            try:
+                data = os.read(sys.stdin.fileno(), 65536)
+            except (OSError, ValueError):
+                data = b""
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
+            except (RuntimeError, asyncio.CancelledError):
+                return  # the loop is gone: the job has ended
+            if not data:
+                return
+
+    threading.Thread(target=reader, name="stdin", daemon=True).start()
+    while True:
+        data = await queue.get()
+        while True:
+            try:
+                await app.write_stdin(job_id, data, eof=not data)
+                break
+            except JobStateError:
+                job = await app.store.get_job(job_id, events=False)
+                if job.status.is_terminal:
+                    return
+                await asyncio.sleep(0.05)  # queued, or its stdin buffer is full: try again
+        if not data:
+            return
+
+
+async def kill(args: argparse.Namespace, settings: Settings) -> int:
+    app = await App.open(settings)
+    try:
+        job_id = await app.store.resolve_id(args.id)
+        before = await app.store.get_job(job_id, events=False)
+        after = await app.kill(job_id, args.signal, args.grace)
+    finally:
+        await app.close()
+    how = ended_how_view(after)
+    if before.status.is_terminal:
+        print(
+            f"job {job_id} had already ended: {after.status}" + (f" ({how})" if how != "-" else "")
+        )
+        return 0
+    print(f"job {job_id} {after.status}" + (f" ({how})" if how != "-" else ""))
+    return 0 if after.status.is_terminal else 1
+
+
+# --- the database ------------------------------------------------------------------------------
+
+
+def schema(args: argparse.Namespace, settings: Settings) -> int:
+    """``db upgrade|downgrade|current|history``: Alembic's commands through the same
+    connection set-up as the server (``db.migrate_to``, newer schemas refused)."""
+    path = settings.db
+    if args.db_cmd == "history" and not path.is_file():
+        alembic.history(db.alembic_config())
+        return 0
+    if args.db_cmd != "upgrade" and not path.is_file():
+        raise InvalidRequest(f"No database at {path}: pass --db PATH (or MCP_BACKGROUND_JOB_DB).")
+    db.ensure_db_file(path)
+    engine = db.make_sync_engine(path)
+    try:
+        with engine.connect() as conn:
+            cfg = db.alembic_config(conn)
+            before = db.check_revision(conn, cfg)
+            conn.rollback()
+            if args.db_cmd == "current":
+                alembic.current(cfg)
+            elif args.db_cmd == "history":
+                alembic.history(cfg, indicate_current=True)
+            else:
+                db.migrate_to(conn, args.revision, downgrade=args.db_cmd == "downgrade")
+                after = db.check_revision(conn, cfg)
+                conn.rollback()
+                print(f"{path}: schema revision {before or 'none'} -> {after or 'none'}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+async def prune(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _reading(settings)
+    try:
+        candidates = await store.prune_candidates(
+            ended_before=utcnow() - args.older_than if args.older_than else None,
+            max_output_bytes=args.max_output,
+            keep_failed=args.keep_failed,
+        )
+        size = human_bytes(sum(c.stored_bytes for c in candidates))
+        if args.dry_run:
+            print(f"would delete {len(candidates)} ended jobs with {size} of output")
+            return 0
+        result = await store.delete_jobs([c.job_id for c in candidates])
+    finally:
+        await store.close()
+    print(
+        f"deleted {result.jobs} ended jobs with {human_bytes(result.output_bytes)} of output "
+        f"({result.chunks} output rows); `db vacuum` gives the space back to the disk"
+    )
+    return 0
+
+
+async def vacuum(args: argparse.Namespace, settings: Settings) -> int:
+    store = await _reading(settings)
+    try:
+        before = sum(p.stat().st_size for p in db_files(settings.db))
+        await store.vacuum()
+        after = sum(p.stat().st_size for p in db_files(settings.db))
+    finally:
+        await store.close()
+    print(f"{settings.db}: {human_bytes(before)} -> {human_bytes(after)}")
+    return 0
