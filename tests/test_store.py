@@ -143,13 +143,17 @@ async def test_output_reads_forward_interleaved_and_backwards(store: Store) -> N
     job = await store.get_job("aaa000000001")
     assert (job.stdout_bytes, job.stdout_stored, job.stderr_bytes) == (14, 14, 5)
     chunks = await store.read_stream("aaa000000001", Stream.STDOUT, 5, 100)
-    assert [(c.offset, c.data) for c in chunks] == [(0, b"one\ntwo\n"), (8, b"three\n")]
+    assert [(c.offset, c.data) for c in chunks] == [(5, b"wo\n"), (8, b"three\n")]
+    cut = await store.read_stream("aaa000000001", Stream.STDOUT, 2, 3)
+    assert [(c.offset, c.data) for c in cut] == [(2, b"e\nt")]
     both = await store.read_interleaved("aaa000000001", {Stream.STDOUT: 4, Stream.STDERR: 0}, 100)
-    assert [c.data for c in both] == [b"one\ntwo\n", b"warn\n", b"three\n"]
+    assert [c.data for c in both] == [b"two\n", b"warn\n", b"three\n"]
     after = await store.read_interleaved("aaa000000001", {Stream.STDOUT: 8, Stream.STDERR: 5}, 100)
     assert [c.data for c in after] == [b"three\n"]
     back = await store.read_backwards("aaa000000001", [Stream.STDOUT], 2, 1000)
     assert [c.data for c in back] == [b"one\ntwo\n", b"three\n"]
+    short = await store.read_backwards("aaa000000001", [Stream.STDOUT], 10, 4)
+    assert [(c.offset, c.data) for c in short] == [(10, b"ree\n")]
 
 
 async def test_read_stream_jumps_over_a_dropped_gap(store: Store) -> None:

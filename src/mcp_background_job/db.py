@@ -261,10 +261,12 @@ def make_async_engine(
     return engine
 
 
-def make_sync_engine(path: Path) -> Engine:
-    """A plain sqlite3 engine (for Alembic's command line and tests)."""
-    engine = create_engine(URL.create("sqlite", database=str(path)))
-    _configure(engine, begin="BEGIN IMMEDIATE")
+def make_sync_engine(path: Path, *, writer: bool = True, pool_size: int = 5) -> Engine:
+    """A plain sqlite3 engine: the store's readers (run in threads), Alembic's command line."""
+    engine = create_engine(
+        URL.create("sqlite", database=str(path)), pool_size=pool_size, max_overflow=0
+    )
+    _configure(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
     return engine
 
 

@@ -11,14 +11,27 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
@@ -37,6 +50,11 @@ from .jobs import (
     decide_outcome,
     sources_of,
 )
+
+T = TypeVar("T")
+
+#: SQLite's substr() takes lengths below 2**31; rows are far smaller anyway.
+_SQL_MAX = 1 << 30
 
 #: Job ids are this many lowercase hex characters.
 JOB_ID_LENGTH = 12
@@ -158,6 +176,27 @@ _LABELS = (
 _JOB_COLUMNS = (*JobRow.__table__.columns, _LABELS)
 
 
+def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
+    row = (conn.execute(select(*_JOB_COLUMNS).where(JobRow.id == job_id))).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    evs: list[JobEvent] = []
+    if events:
+        for e in conn.execute(
+            select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
+        ):
+            evs.append(
+                JobEvent(
+                    at=e.at,
+                    from_status=JobStatus(e.from_status) if e.from_status else None,
+                    to_status=JobStatus(e.to_status),
+                    reason=e.reason,
+                    server_id=e.server_id,
+                )
+            )
+    return _job(row, evs)
+
+
 def _server(row: Row[Any]) -> ServerInstance:
     m = row._mapping
     return ServerInstance(
@@ -196,6 +235,8 @@ class Store:
         # Most writes are output; a nicer writer thread leaves the CPU to the jobs producing it.
         self._writer = db.make_async_engine(path, writer=True, nice=writer_nice)
         self._reader = db.make_async_engine(path, writer=False, pool_size=read_pool)
+        self._sync_reader = db.make_sync_engine(path, writer=False, pool_size=read_pool)
+        self._read_pool = ThreadPoolExecutor(read_pool, "db-read")
         self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -206,6 +247,8 @@ class Store:
     async def close(self) -> None:
         await self._writer.dispose()
         await self._reader.dispose()
+        self._read_pool.shutdown(wait=True)
+        self._sync_reader.dispose()
 
     def wal_bytes(self) -> int:
         try:
@@ -423,24 +466,21 @@ class Store:
             return result.rowcount == 1
 
     async def _load(self, conn: AsyncConnection, job_id: str, *, events: bool = True) -> Job:
-        row = (await conn.execute(select(*_JOB_COLUMNS).where(JobRow.id == job_id))).first()
-        if row is None:
-            raise JobNotFound(job_id)
-        evs: list[JobEvent] = []
-        if events:
-            for e in await conn.execute(
-                select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
-            ):
-                evs.append(
-                    JobEvent(
-                        at=e.at,
-                        from_status=JobStatus(e.from_status) if e.from_status else None,
-                        to_status=JobStatus(e.to_status),
-                        reason=e.reason,
-                        server_id=e.server_id,
-                    )
-                )
-        return _job(row, evs)
+        return await conn.run_sync(_load, job_id, events)
+
+    async def _query(self, work: Callable[[Connection], T]) -> T:
+        """Run a read in one trip to a reader thread (a plain sqlite3 connection).
+
+        Going through aiosqlite costs a thread hop per statement; under CPU load each hop waits
+        for a time slice. One hop per read made ``status`` ~5x faster (2.4 -> 0.5 ms in-process).
+        """
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, self._run_query, work
+        )
+
+    def _run_query(self, work: Callable[[Connection], T]) -> T:
+        with self._sync_reader.begin() as conn:
+            return work(conn)
 
     async def resolve_id(self, id_or_prefix: str) -> str:
         """A full job id from an id or a unique prefix of one."""
@@ -449,19 +489,13 @@ class Store:
             raise JobNotFound(id_or_prefix)
         if len(text) == JOB_ID_LENGTH:
             return text  # a whole id: whoever loads it reports a missing job
-        async with self._read() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(JobRow.id)
-                        .where(JobRow.id >= text, JobRow.id < text + "g")
-                        .order_by(JobRow.id)
-                        .limit(2)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        query = (
+            select(JobRow.id)
+            .where(JobRow.id >= text, JobRow.id < text + "g")
+            .order_by(JobRow.id)
+            .limit(2)
+        )
+        rows = await self._query(lambda conn: conn.execute(query).scalars().all())
         if len(rows) == 1 or (rows and rows[0] == text):
             return rows[0]
         if not rows:
@@ -471,8 +505,7 @@ class Store:
         )
 
     async def get_job(self, job_id: str, *, events: bool = True) -> Job:
-        async with self._read() as conn:
-            return await self._load(conn, job_id, events=events)
+        return await self._query(lambda conn: _load(conn, job_id, events))
 
     async def list_jobs(
         self, flt: JobFilter, *, limit: int, cursor: str | None = None
@@ -507,8 +540,7 @@ class Store:
                 )
             )
         query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
-        async with self._read() as conn:
-            jobs = [_job(r) for r in await conn.execute(query)]
+        jobs = await self._query(lambda conn: [_job(r) for r in conn.execute(query)])
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (encode_list_cursor(jobs[-1]) if more else None)
@@ -579,27 +611,34 @@ class Store:
     async def read_stream(
         self, job_id: str, stream: Stream, start: int, max_bytes: int
     ) -> list[Chunk]:
-        """Chunks covering ``[start, start + max_bytes)`` of one stream, in order.
+        """Stored bytes of one stream from ``start``, at most ``max_bytes``, as chunks in order.
 
-        If ``start`` falls in a dropped gap, the result begins at the next stored chunk.
+        If ``start`` falls in a dropped gap, the result begins at the next stored chunk. Rows are
+        cut in SQL, so reading 64 KiB out of 1 MiB rows moves 64 KiB.
         """
         c = OutputChunkRow
         base = and_(c.job_id == job_id, c.stream == stream)
-        async with self._read() as conn:
-            lo = (
-                await conn.execute(
-                    select(func.max(c.byte_offset)).where(base, c.byte_offset <= start)
-                )
+        piece = func.substr(
+            c.data, func.max(1, start - c.byte_offset + 1), min(max_bytes, _SQL_MAX)
+        )
+
+        def work(conn: Connection) -> list[Chunk]:
+            lo = conn.execute(
+                select(func.max(c.byte_offset)).where(base, c.byte_offset <= start)
             ).scalar_one_or_none()
-            query = select(c.byte_offset, c.data).where(base).order_by(c.byte_offset)
-            rows = (
-                await conn.execute(
-                    query.where(c.byte_offset >= (lo or 0), c.byte_offset < start + max_bytes)
-                )
+            query = (
+                select(c.byte_offset, func.length(c.data), piece)
+                .where(base)
+                .order_by(c.byte_offset)
+            )
+            rows = conn.execute(
+                query.where(c.byte_offset >= (lo or 0), c.byte_offset < start + max_bytes)
             ).all()
-            if not any(o + len(d) > start for o, d in rows):
-                rows = (await conn.execute(query.where(c.byte_offset > start).limit(1))).all()
-        return [Chunk(stream, o, d) for o, d in rows if o + len(d) > start]
+            if not any(o + n > start for o, n, _ in rows):
+                rows = conn.execute(query.where(c.byte_offset > start).limit(1)).all()
+            return [Chunk(stream, max(o, start), d) for o, n, d in rows if o + n > start and d]
+
+        return await self._query(work)
 
     async def read_interleaved(
         self, job_id: str, starts: Mapping[Stream, int], max_bytes: int
@@ -609,9 +648,16 @@ class Store:
         unread = or_(
             *(and_(c.stream == s, c.byte_offset + func.length(c.data) > starts[s]) for s in Stream)
         )
-        out: list[Chunk] = []
-        total = 0
-        async with self._read() as conn:
+        start_of = case(
+            (c.stream == Stream.STDOUT, starts[Stream.STDOUT]), else_=starts[Stream.STDERR]
+        )
+        piece = func.substr(
+            c.data, func.max(1, start_of - c.byte_offset + 1), min(max_bytes, _SQL_MAX)
+        )
+
+        def work(conn: Connection) -> list[Chunk]:
+            out: list[Chunk] = []
+            total = 0
             firsts = []
             for s in Stream:
                 floor = (
@@ -620,70 +666,68 @@ class Store:
                     .scalar_subquery()
                 )
                 firsts.append(
-                    (
-                        await conn.execute(
-                            select(func.min(c.seq)).where(
-                                c.job_id == job_id,
-                                c.stream == s,
-                                c.byte_offset >= func.coalesce(floor, 0),
-                            )
+                    conn.execute(
+                        select(func.min(c.seq)).where(
+                            c.job_id == job_id,
+                            c.stream == s,
+                            c.byte_offset >= func.coalesce(floor, 0),
                         )
                     ).scalar_one_or_none()
                 )
             known = [f for f in firsts if f is not None]
-            first = min(known) if known else None
-            seq = -1 if first is None else first - 1
+            seq = min(known) - 1 if known else -1
             while total < max_bytes:
-                rows = (
-                    await conn.execute(
-                        select(c.seq, c.stream, c.byte_offset, c.data)
-                        .where(c.job_id == job_id, c.seq > seq, unread)
-                        .order_by(c.seq)
-                        .limit(_ROWS_PER_FETCH)
-                    )
+                rows = conn.execute(
+                    select(c.seq, c.stream, c.byte_offset, piece)
+                    .where(c.job_id == job_id, c.seq > seq, unread)
+                    .order_by(c.seq)
+                    .limit(_ROWS_PER_FETCH)
                 ).all()
                 if not rows:
                     break
                 for q, name, o, d in rows:
                     seq = q
-                    out.append(Chunk(Stream(name), o, d))
+                    stream = Stream(name)
+                    out.append(Chunk(stream, max(o, starts[stream]), d))
                     total += len(d)
                     if total >= max_bytes:
                         break
-        return out
+            return out
+
+        return await self._query(work)
 
     async def read_backwards(
         self, job_id: str, streams: Sequence[Stream], enough: int, max_bytes: int
     ) -> list[Chunk]:
-        """The last chunks (by storage order) until ``enough`` newlines or ``max_bytes`` are seen.
-
-        Its cost depends on how much is returned, not on how much the job wrote.
-        """
+        """The last stored bytes (in storage order) until ``enough`` newlines or ``max_bytes``
+        are seen. Its cost depends on how much is returned, not on how much the job wrote."""
         c = OutputChunkRow
-        out: list[Chunk] = []
-        newlines = total = 0
-        seq: int | None = None
-        async with self._read() as conn:
+        tail = func.substr(c.data, -min(max_bytes, _SQL_MAX))  # only the end of a big row
+
+        def work(conn: Connection) -> list[Chunk]:
+            out: list[Chunk] = []
+            newlines = total = 0
+            seq: int | None = None
             while newlines < enough and total < max_bytes:
-                query = select(c.seq, c.stream, c.byte_offset, c.data).where(
+                query = select(c.seq, c.stream, c.byte_offset, func.length(c.data), tail).where(
                     c.job_id == job_id, c.stream.in_(list(streams))
                 )
                 if seq is not None:
                     query = query.where(c.seq < seq)
-                rows = (
-                    await conn.execute(query.order_by(c.seq.desc()).limit(_ROWS_PER_FETCH // 4))
-                ).all()
+                rows = conn.execute(query.order_by(c.seq.desc()).limit(4)).all()
                 if not rows:
                     break
-                for q, name, o, d in rows:
+                for q, name, o, n, d in rows:
                     seq = q
-                    out.append(Chunk(Stream(name), o, d))
+                    out.append(Chunk(Stream(name), o + n - len(d), d))
                     newlines += d.count(b"\n")
                     total += len(d)
                     if newlines >= enough or total >= max_bytes:
                         break
-        out.reverse()
-        return out
+            out.reverse()
+            return out
+
+        return await self._query(work)
 
     # --- history and retention ----------------------------------------------------------
 
