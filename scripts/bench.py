@@ -168,11 +168,15 @@ async def bench_huge_and_tail(tmp: Path, sz: Sizes) -> list[Row]:
             Row("memory: peak RSS", "-", f"{peak:.0f} MB", None, "≤ 150 MB", peak <= 150,
                 f"after {n // MB} MB of output")
         )  # fmt: skip
-        small = await call(c, "execute", command="seq 1 200")
+        # Tail compares a job of short lines as big as the one above with one of 1 KB.
+        lines_cmd = f"yes 'a line of build output, as a compiler prints it' | head -c {n}"
+        big = await call(c, "execute", command=lines_cmd)
+        await wait_done(c, big["id"])
+        small = await call(c, "execute", command="seq 1 250")
         await wait_done(c, small["id"])
         times: dict[str, list[float]] = {"big": [], "small": []}
         for _ in range(max(20, sz.samples // 4)):
-            for key, jid in (("big", job["id"]), ("small", small["id"])):
+            for key, jid in (("big", big["id"]), ("small", small["id"])):
                 t = time.perf_counter()
                 await call(c, "tail", job_id=jid, lines=50)
                 times[key].append(time.perf_counter() - t)

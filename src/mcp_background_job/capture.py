@@ -37,8 +37,11 @@ from .store import OutputBatch, Store
 log = logging.getLogger(__name__)
 
 _PUNCH_MIN = 1024 * 1024
-_CHECKPOINT_IDLE = 8 * 1024 * 1024
-_CHECKPOINT_ALWAYS = 1024 * 1024 * 1024
+#: Checkpoint once output has been quiet this long (a checkpoint holds up the writer: it must not
+#: delay recording that a job ended), or at once past the hard cap on the WAL's size.
+_CHECKPOINT_QUIET_S = 1.0
+_CHECKPOINT_MIN = 8 * 1024 * 1024
+_CHECKPOINT_ALWAYS = 256 * 1024 * 1024
 _BLOCK = 4096
 
 
@@ -88,6 +91,7 @@ class Ingester:
         self._tail = settings.max_output_bytes - self._head
         self._puncher = _HolePuncher()
         self._rotate = 0
+        self._stored_at = 0.0
         # One thread of its own for spool reads, at the storage priority (see Settings).
         self._pool = ThreadPoolExecutor(
             1, "ingest", initializer=lower_thread_priority, initargs=(settings.storage_nice,)
@@ -135,12 +139,14 @@ class Ingester:
 
     async def run(self) -> None:
         """Ingest forever: immediately again while there is a backlog, else every interval;
-        checkpoint the WAL once a backlog has been stored (or when it grows past a hard cap)."""
+        checkpoint the WAL when output has gone quiet (or when it grows past a hard cap)."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 more = await self._pass(None)
                 wal = self._store.wal_bytes()
-                if (not more and wal > _CHECKPOINT_IDLE) or wal > _CHECKPOINT_ALWAYS:
+                quiet = loop.time() - self._stored_at > _CHECKPOINT_QUIET_S
+                if (quiet and wal > _CHECKPOINT_MIN) or wal > _CHECKPOINT_ALWAYS:
                     await self._store.checkpoint()
             except Exception:  # task boundary: log, back off, keep capturing
                 log.exception("ingest_failed")
@@ -224,6 +230,7 @@ class Ingester:
             changed = [p for p in plans if p.batch.chunks or p.batch.counters]
             if changed:
                 await self._store.write_output([p.batch for p in changed])
+                self._stored_at = asyncio.get_running_loop().time()
             for p in changed:
                 p.capture.streams = p.states
                 p.capture.seq = p.seq
