@@ -54,7 +54,7 @@ class Sizes:
 
 
 FULL = Sizes(big=200 * MB, huge=1000 * MB, jobs_db=100_000, samples=400, many=200, load_s=8)
-QUICK = Sizes(big=20 * MB, huge=50 * MB, jobs_db=5_000, samples=60, many=40, load_s=2)
+QUICK = Sizes(big=20 * MB, huge=50 * MB, jobs_db=2_000, samples=40, many=20, load_s=1.5)
 
 
 def big_cmd(n: int) -> str:
