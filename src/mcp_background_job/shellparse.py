@@ -1,0 +1,785 @@
+"""A shell command line split into every simple command it would run, with tree-sitter-bash.
+
+Pure (no I/O) and a leaf: ``policy`` judges what this module finds. The walker knows a fixed set
+of node kinds; anything else, a parse error, or a known tree-sitter-bash misparse becomes a
+``Problem`` instead of being guessed at (fail closed: the policy decides what a problem means).
+
+What is found, recursively: commands in pipelines, ``&&``/``||``/``;`` lists, subshells, groups,
+``if``/``while``/``for``/``case`` bodies, functions, ``$(...)``, backticks and ``<(...)``; the
+literal payloads of ``bash -c``/``sh -c``/``eval``/``su -c``/``watch``/``ssh HOST CMD``, of
+``echo|printf ... | sh`` and of heredocs fed to a shell; and the command inside wrappers such as
+``sudo``, ``env``, ``nice``, ``timeout``, ``xargs`` and ``find -exec``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+import tree_sitter_bash
+from tree_sitter import Language, Node, Parser
+
+#: Deeper nesting than this (``bash -c`` inside ``bash -c`` ...) is not analysed: refused.
+MAX_DEPTH = 12
+#: Longer command lines are not analysed: refused (a parser's worst case is not a guardrail's).
+MAX_COMMAND_CHARS = 100_000
+
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox"})
+INTERPRETERS = frozenset(
+    {"python", "python2", "python3", "perl", "ruby", "node", "nodejs", "php", "lua", "deno", "bun"}
+)
+#: Flags that make an interpreter run the next argument as code.
+INLINE_CODE_FLAGS = {
+    "python": ("-c",), "perl": ("-e", "-E"), "ruby": ("-e",), "node": ("-e", "-p", "--eval"),
+    "php": ("-r",), "lua": ("-e",), "deno": ("eval",), "bun": ("-e", "--eval"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    """One word of a command as far as it can be known without running anything.
+
+    ``text``: its value, unknown expansions kept as written (``$DIR/x``); ``if_empty``: its value
+    if every unknown variable were empty (``/x``), or None when that is the same; ``dynamic``: it
+    contains something whose value is unknown; ``substituted``: names of the commands whose output
+    becomes part of it (``$(...)``, ``<(...)``, or ``xargs`` input).
+    """
+
+    text: str
+    if_empty: str | None = None
+    dynamic: bool = False
+    substituted: tuple[str, ...] = ()
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return (self.text,) if self.if_empty is None else (self.text, self.if_empty)
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleCommand:
+    """One command that would run. ``name`` is normalized: no path, no quoting, NFKC."""
+
+    name: str
+    args: tuple[Word, ...]
+    source: str
+    raw_name: str = ""
+    upstream: tuple[str, ...] = ()  # names of earlier stages of its pipeline
+    stdin_script: bool = False  # a heredoc/herestring or an echoed literal feeds its stdin
+    writes: tuple[Word, ...] = ()  # output redirection targets
+    via: tuple[str, ...] = ()  # wrappers and payloads it was found inside
+
+    @property
+    def line(self) -> str:
+        return " ".join([self.name, *(a.text for a in self.args)])
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something the analysis cannot vouch for; ``part`` is the text concerned."""
+
+    kind: str  # parse-error | unknown-node | misparse | dynamic | too-deep | too-long | inline-code
+    detail: str
+    part: str
+
+
+@dataclass(slots=True)
+class Analysis:
+    commands: list[SimpleCommand] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    #: function name -> (names it calls, whether its body pipes or backgrounds)
+    functions: dict[str, tuple[set[str], bool]] = field(default_factory=dict)
+
+
+_PARSER = Parser(Language(tree_sitter_bash.language()))
+
+_TRANSPARENT = frozenset(
+    {"program", "list", "subshell", "compound_statement", "do_group", "else_clause",
+     "elif_clause", "if_statement", "while_statement", "negated_command", "case_item",
+     "variable_assignments"}
+)  # fmt: skip
+_IGNORED = frozenset({"comment", "heredoc_body", "heredoc_start", "heredoc_end", "file_descriptor",
+                      "variable_name", "special_variable_name", "test_operator", "regex",
+                      "extglob_pattern", "heredoc_content"})  # fmt: skip
+#: Expression and word kinds in which only nested substitutions matter.
+_EXPRESSIONS = frozenset(
+    {"binary_expression", "unary_expression", "parenthesized_expression", "ternary_expression",
+     "postfix_expression", "number", "word", "string", "raw_string", "concatenation",
+     "simple_expansion", "expansion", "arithmetic_expansion", "string_content", "ansi_c_string",
+     "translated_string", "subscript", "array", "brace_expression", "test_command"}
+)  # fmt: skip
+_OUTPUT_REDIRECTS = (">", ">>", ">|", "&>", "&>>", ">&", "<>")
+
+
+def normalize_name(text: str) -> str:
+    """``/usr/bin/rm`` -> ``rm``; full-width and compatibility forms folded (NFKC)."""
+    base = text.rsplit("/", 1)[-1] if "/" in text.rstrip("/") else text
+    return unicodedata.normalize("NFKC", base)
+
+
+def _unescape_word(raw: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            if raw[i + 1] != "\n":  # a line continuation disappears
+                out.append(raw[i + 1])
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_ANSI_C = re.compile(
+    r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{1,4}|U[0-9a-fA-F]{1,8}|[0-7]{1,3}|.)", re.S
+)
+_ANSI_SIMPLE = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b",
+                "f": "\f", "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}  # fmt: skip
+
+
+def _ansi_c(body: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        esc = m.group(1)
+        if esc[0] in "xuU" and len(esc) > 1:
+            return chr(int(esc[1:], 16))
+        if esc[0].isdigit():
+            return chr(int(esc, 8))
+        return _ANSI_SIMPLE.get(esc, "\\" + esc)
+
+    return _ANSI_C.sub(sub, body)
+
+
+class _Walker:
+    def __init__(self, analysis: Analysis, variables: dict[str, str]) -> None:
+        self.a = analysis
+        self.vars = variables
+
+    # --- entry points ---------------------------------------------------------------------
+
+    def script(self, text: str, depth: int, via: tuple[str, ...]) -> None:
+        if depth > MAX_DEPTH:
+            self.a.problems.append(Problem("too-deep", "nested too deeply", text[:200]))
+            return
+        tree = _PARSER.parse(text.encode())
+        root = tree.root_node
+        if root.has_error:
+            bad = _first_error(root)
+            part = _text(bad) if bad is not None else text
+            self.a.problems.append(Problem("parse-error", "the shell parser rejects it", part))
+            return
+        self.node(root, depth, via)
+
+    # --- statements -----------------------------------------------------------------------
+
+    def node(
+        self, n: Node, depth: int, via: tuple[str, ...], upstream: tuple[str, ...] = ()
+    ) -> None:
+        kind = n.type
+        if not n.is_named or kind in _IGNORED:
+            return
+        if kind in _TRANSPARENT:
+            for c in n.named_children:
+                self.node(c, depth, via)
+        elif kind == "pipeline":
+            names: list[str] = []
+            stages = [c for c in n.named_children]
+            for i, c in enumerate(stages):
+                self.node(c, depth, via, tuple(names))
+                names.extend(_stage_names(c))
+                if i > 0:
+                    self._echo_into_shell(stages[i - 1], c, depth, via)
+        elif kind == "command":
+            self.command(n, depth, via, upstream)
+        elif kind == "redirected_statement":
+            self.redirected(n, depth, via, upstream)
+        elif kind == "variable_assignment":
+            self.assignment(n, depth, via)
+        elif kind in ("declaration_command", "unset_command"):
+            for c in n.named_children:
+                if c.type == "variable_assignment":
+                    self.assignment(c, depth, via)
+                else:
+                    self.word(c, depth, via)
+        elif kind == "function_definition":
+            self.function(n, depth, via)
+        elif kind in ("for_statement", "c_style_for_statement", "case_statement", "test_command"):
+            for c in n.named_children:
+                if c.type in _EXPRESSIONS or c.type in ("variable_name",):
+                    self.word(c, depth, via)
+                else:
+                    self.node(c, depth, via)
+            if kind == "test_command":
+                self._test_indirection(n)
+        elif kind in ("file_redirect", "herestring_redirect", "heredoc_redirect"):
+            for c in n.named_children:
+                self.word(c, depth, via)
+        elif kind in _EXPRESSIONS:
+            self.word(n, depth, via)
+        else:
+            self.a.problems.append(
+                Problem("unknown-node", f"shell construct {kind!r} is not analysed", _text(n))
+            )
+
+    def function(self, n: Node, depth: int, via: tuple[str, ...]) -> None:
+        name_node = n.child_by_field_name("name")
+        name = _text(name_node) if name_node is not None else ""
+        before = len(self.a.commands)
+        for c in n.named_children:
+            if c is not name_node:
+                self.node(c, depth, via)
+        called = {c.name for c in self.a.commands[before:]}
+        body = n.child_by_field_name("body")
+        spreads = body is not None and _has_pipe_or_background(body)
+        self.a.functions[name] = (called, spreads)
+
+    def assignment(self, n: Node, depth: int, via: tuple[str, ...]) -> None:
+        name_node = n.child_by_field_name("name")
+        value_node = n.child_by_field_name("value")
+        value = self.word(value_node, depth, via) if value_node is not None else Word("")
+        if name_node is not None and name_node.type == "variable_name":
+            name = _text(name_node)
+            if value.dynamic:
+                self.vars.pop(name, None)
+            else:
+                self.vars[name] = value.text
+
+    def redirected(
+        self, n: Node, depth: int, via: tuple[str, ...], upstream: tuple[str, ...]
+    ) -> None:
+        body = n.child_by_field_name("body")
+        redirects = [c for c in n.named_children if c is not body]
+        extra: list[Node] = []
+        writes: list[Word] = []
+        stdin_script: str | None = None
+        for r in redirects:
+            if r.type == "file_redirect":
+                dests = r.children_by_field_name("destination")
+                # tree-sitter-bash misparse: `rm 2>/dev/null -rf /` puts `-rf /` in the redirect.
+                # Bash treats those words as arguments of the command: so do we.
+                extra.extend(dests[1:])
+                op = next((c.type for c in r.children if not c.is_named), "")
+                if dests and op in _OUTPUT_REDIRECTS:
+                    writes.append(self.word(dests[0], depth, via))
+                for d in dests[:1]:
+                    self.word(d, depth, via)
+            elif r.type == "heredoc_redirect":
+                body_node = next((c for c in r.named_children if c.type == "heredoc_body"), None)
+                stdin_script = _text(body_node) if body_node is not None else ""
+                for c in r.named_children:
+                    if c.type == "heredoc_body":
+                        for sub in c.named_children:
+                            self.word(sub, depth, via)
+            elif r.type == "herestring_redirect":
+                words = [self.word(c, depth, via) for c in r.named_children]
+                stdin_script = " ".join(w.text for w in words)
+            else:
+                self.node(r, depth, via)
+        if body is None:
+            return
+        if body.type == "command":
+            self.command(body, depth, via, upstream, extra, writes, stdin_script)
+            return
+        if extra:
+            self.a.problems.append(
+                Problem("misparse", "words after a redirection of a compound command", _text(n))
+            )
+        self.node(body, depth, via, upstream)
+
+    # --- simple commands ------------------------------------------------------------------
+
+    def command(
+        self,
+        n: Node,
+        depth: int,
+        via: tuple[str, ...],
+        upstream: tuple[str, ...],
+        extra: list[Node] | None = None,
+        writes: list[Word] | None = None,
+        stdin_script: str | None = None,
+    ) -> None:
+        name_node = n.child_by_field_name("name")
+        args_nodes = n.children_by_field_name("argument") + (extra or [])
+        self._check_newlines(n)
+        for c in n.named_children:
+            if c.type == "variable_assignment":
+                self.word(c.child_by_field_name("value") or c, depth, via)
+            elif c.type == "file_redirect":  # `cmd >out arg` inside the command node
+                dests = c.children_by_field_name("destination")
+                args_nodes = args_nodes + dests[1:]
+                op = next((x.type for x in c.children if not x.is_named), "")
+                if dests and op in _OUTPUT_REDIRECTS:
+                    writes = [*(writes or []), self.word(dests[0], depth, via)]
+            elif c.type == "herestring_redirect":
+                stdin_script = " ".join(self.word(x, depth, via).text for x in c.named_children)
+        if name_node is None:
+            return  # only assignments: `FOO=1`
+        name_word = self.word(
+            name_node.named_children[0] if name_node.named_children else name_node, depth, via
+        )
+        args = tuple(self.word(a, depth, via) for a in args_nodes)
+        self.emit(
+            name_word,
+            args,
+            _text(n),
+            depth,
+            via,
+            upstream,
+            tuple(writes or ()),
+            stdin_script,
+        )
+
+    def emit(
+        self,
+        name: Word,
+        args: tuple[Word, ...],
+        source: str,
+        depth: int,
+        via: tuple[str, ...],
+        upstream: tuple[str, ...] = (),
+        writes: tuple[Word, ...] = (),
+        stdin_script: str | None = None,
+    ) -> None:
+        """Record one simple command, then look inside it (wrappers, payloads)."""
+        if name.dynamic and "/" not in name.text.rsplit("$", 1)[-1]:
+            self.a.problems.append(
+                Problem("dynamic", "the command name is only known at run time", name.text)
+            )
+            return
+        if depth > MAX_DEPTH:
+            self.a.problems.append(Problem("too-deep", "nested too deeply", source[:200]))
+            return
+        cmd_name = normalize_name(name.text)
+        cmd = SimpleCommand(
+            name=cmd_name,
+            args=args,
+            source=source,
+            raw_name=name.text,
+            upstream=upstream,
+            stdin_script=stdin_script is not None,
+            writes=writes,
+            via=via,
+        )
+        self.a.commands.append(cmd)
+        if stdin_script is not None and _reads_program_from_stdin(cmd):
+            self.script(stdin_script, depth + 1, (*via, f"{cmd_name} <<"))
+        _unwrap(self, cmd, depth)
+
+    # --- words ----------------------------------------------------------------------------
+
+    def word(self, n: Node, depth: int, via: tuple[str, ...]) -> Word:
+        """The value of a word node; commands inside it are walked as well."""
+        kind = n.type
+        if kind in ("word", "number", "variable_name", "test_operator", "regex", "extglob_pattern"):
+            return Word(_unescape_word(_text(n)) if kind == "word" else _text(n))
+        if kind == "raw_string":
+            return Word(_text(n)[1:-1])
+        if kind == "ansi_c_string":
+            return Word(_ansi_c(_text(n)[2:-1]))
+        if kind == "string_content":
+            return Word(re.sub(r"\\([$`\"\\\n])", r"\1", _text(n)))
+        if kind in ("string", "translated_string", "concatenation", "heredoc_body"):
+            parts = [self.word(c, depth, via) for c in n.named_children]
+            if kind in ("string", "translated_string") and not n.named_children:
+                return Word("")
+            if kind == "string":
+                # Text between named children (spaces inside quotes) is part of the value.
+                return _join_string(n, parts)
+            return _join(parts)
+        if kind == "simple_expansion":
+            name = _text(n)[1:]
+            if name in self.vars:
+                return Word(self.vars[name])
+            return Word("$" + name, "", dynamic=True)
+        if kind == "expansion":
+            return self._expansion(n, depth, via)
+        if kind in ("command_substitution", "process_substitution"):
+            before = len(self.a.commands)
+            for c in n.named_children:
+                self.node(c, depth, via)
+            names = tuple(c.name for c in self.a.commands[before:])
+            return Word(_text(n), "", dynamic=True, substituted=names)
+        if kind == "arithmetic_expansion":
+            for c in n.named_children:
+                self._walk_expression(c, depth, via)
+            return Word(_text(n), None, dynamic=True)
+        if kind in _EXPRESSIONS or kind in ("variable_assignment", "brace_expression", "array"):
+            self._walk_expression(n, depth, via)
+            return Word(_text(n), None, dynamic=True)
+        self.a.problems.append(
+            Problem("unknown-node", f"shell construct {kind!r} is not analysed", _text(n))
+        )
+        return Word(_text(n), None, dynamic=True)
+
+    def _expansion(self, n: Node, depth: int, via: tuple[str, ...]) -> Word:
+        text = _text(n)
+        inner = text[2:-1]
+        for c in n.named_children:
+            if c.type not in ("variable_name", "special_variable_name"):
+                self._walk_expression(c, depth, via)
+        if re.search(r"@[PEAKak]?\s*$", inner) and "@P" in inner.replace(" ", ""):
+            self.a.problems.append(
+                Problem("dynamic", "prompt expansion ${...@P} can run commands", text)
+            )
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)", inner)
+        if m and m[1] in self.vars:
+            return Word(self.vars[m[1]])
+        never_empty = bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*:?[?+].*", inner, re.S))
+        name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", inner)
+        shown = "$" + name[0] if name and m else text
+        return Word(shown, None if never_empty else "", dynamic=True)
+
+    def _walk_expression(self, n: Node, depth: int, via: tuple[str, ...]) -> None:
+        if n.type in ("command_substitution", "process_substitution"):
+            self.word(n, depth, via)
+            return
+        for c in n.named_children:
+            self._walk_expression(c, depth, via)
+
+    # --- guards ---------------------------------------------------------------------------
+
+    def _check_newlines(self, n: Node) -> None:
+        """tree-sitter-bash can fold a command on the next line into this one's arguments."""
+        kids = n.named_children
+        for a, b in itertools.pairwise(kids):
+            gap = n.text[a.end_byte - n.start_byte : b.start_byte - n.start_byte] if n.text else b""
+            if b"\n" in gap.replace(b"\\\n", b""):
+                self.a.problems.append(
+                    Problem("misparse", "a line break inside one command's words", _text(n))
+                )
+                return
+
+    def _test_indirection(self, n: Node) -> None:
+        # `[[ -v 'a[$(cmd)]' ]]` evaluates the subscript: a literal that is code.
+        text = _text(n)
+        if re.search(r"-v\s", text) and ("$(" in text or "`" in text):
+            self.a.problems.append(Problem("dynamic", "a test -v subscript can run commands", text))
+
+    def _echo_into_shell(self, left: Node, right: Node, depth: int, via: tuple[str, ...]) -> None:
+        """``echo 'rm -rf /' | sh``: analyse what is echoed into a shell as a script."""
+        if left.type != "command" or right.type not in ("command", "redirected_statement"):
+            return
+        lname = left.child_by_field_name("name")
+        rname = right if right.type == "command" else right.child_by_field_name("body")
+        if lname is None or rname is None or rname.type != "command":
+            return
+        rn = rname.child_by_field_name("name")
+        if rn is None or normalize_name(_unescape_word(_text(rn))) not in SHELLS:
+            return
+        if normalize_name(_unescape_word(_text(lname))) not in ("echo", "printf"):
+            return
+        scratch = Analysis()
+        words = [
+            _Walker(scratch, dict(self.vars)).word(a, depth, via)
+            for a in left.children_by_field_name("argument")
+        ]
+        payload = " ".join(w.text for w in words if not w.text.startswith("-"))
+        payload = payload.replace("\\n", "\n")
+        self.script(payload, depth + 1, (*via, "echo | sh"))
+
+
+# --- wrappers and payloads ---------------------------------------------------------------------
+
+#: wrapper -> options that take a value (the command starts at the first other non-option word)
+_WRAPPERS: dict[str, frozenset[str]] = {
+    "sudo": frozenset({"-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T", "--user",
+                       "--group", "--chdir", "--host", "--prompt", "--role", "--type"}),
+    "doas": frozenset({"-u", "-C"}),
+    "env": frozenset({"-u", "--unset", "-C", "--chdir", "-S", "--split-string"}),
+    "nice": frozenset({"-n", "--adjustment"}),
+    "ionice": frozenset({"-c", "-n", "-t", "--class", "--classdata"}),
+    "nohup": frozenset(), "setsid": frozenset(), "time": frozenset({"-f", "-o", "--format",
+                                                                     "--output"}),
+    "stdbuf": frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}),
+    "command": frozenset(), "builtin": frozenset(), "exec": frozenset({"-a"}),
+    "chroot": frozenset({"--userspec", "--groups"}), "unshare": frozenset(),
+    "flock": frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}),
+    "taskset": frozenset(), "chrt": frozenset(), "caffeinate": frozenset(),
+    "strace": frozenset({"-e", "-o", "-p", "-s", "-u", "-E"}), "ltrace": frozenset({"-e", "-o"}),
+    "torsocks": frozenset(), "proxychains": frozenset({"-f"}), "proxychains4": frozenset({"-f"}),
+    "unbuffer": frozenset(), "xvfb-run": frozenset({"-a", "-n", "-s", "-e", "-f", "-p"}),
+    "catchsegv": frozenset(), "valgrind": frozenset(), "gdb": frozenset(),
+    "firejail": frozenset(), "runuser": frozenset({"-u", "-g", "-G", "--user", "--group"}),
+    "sg": frozenset(), "systemd-run": frozenset({"-p", "-u", "--unit", "--property"}),
+}  # fmt: skip
+#: wrappers whose first non-option argument is consumed before the command
+_WRAPPER_POSITIONALS = {"timeout": 1, "chroot": 1, "taskset": 1, "chrt": 1, "flock": 1, "sg": 1}
+_XARGS_VALUE_OPTS = frozenset(
+    {"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s", "--arg-file", "--delimiter", "--eof",
+     "--max-lines", "--max-args", "--max-procs", "--max-chars", "--process-slot-var"}
+)  # fmt: skip
+_SSH_VALUE_OPTS = frozenset(
+    {"-b", "-c", "-D", "-E", "-e", "-F", "-I", "-i", "-J", "-L", "-l", "-m", "-O", "-o", "-p",
+     "-Q", "-R", "-S", "-W", "-w"}
+)  # fmt: skip
+_TIMEOUT_VALUE_OPTS = frozenset({"-s", "-k", "--signal", "--kill-after"})
+
+
+def _strip_options(args: tuple[Word, ...], value_opts: frozenset[str]) -> int:
+    """Index of the first argument after a wrapper's options (``--`` ends them)."""
+    i = 0
+    while i < len(args):
+        t = args[i].text
+        if t == "--":
+            return i + 1
+        if not t.startswith("-") or t == "-":
+            return i
+        if t in value_opts:
+            i += 2
+            continue
+        i += 1
+    return i
+
+
+def _unwrap(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
+    name, args = cmd.name, cmd.args
+    via = (*cmd.via, name)
+    inner: tuple[Word, ...] | None = None
+    if name in ("timeout",):
+        i = _strip_options(args, _TIMEOUT_VALUE_OPTS)
+        inner = args[i + 1 :]
+    elif name == "env":
+        i = 0
+        while i < len(args):
+            t = args[i].text
+            if t in ("-S", "--split-string") and i + 1 < len(args):
+                w.script(args[i + 1].text, depth + 1, via)
+                return
+            if t.startswith("--split-string=") or (t.startswith("-S") and len(t) > 2):
+                w.script(t.split("=", 1)[-1] if "=" in t else t[2:], depth + 1, via)
+                return
+            if t == "--":
+                i += 1
+                break
+            if t in _WRAPPERS["env"]:
+                i += 2
+            elif t.startswith("-") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", t):
+                i += 1
+            else:
+                break
+        inner = args[i:]
+    elif name in ("nice",) and args and re.fullmatch(r"-\d+", args[0].text):
+        inner = args[1:]
+    elif name in _WRAPPERS or name in _WRAPPER_POSITIONALS:
+        i = _strip_options(args, _WRAPPERS.get(name, frozenset()))
+        if name in ("su",):
+            return
+        if name in ("sudo", "doas") and any(a.text in ("-s", "-i") for a in args[:i]):
+            if i < len(args):  # sudo -s CMD runs CMD through a shell
+                w.script(" ".join(a.text for a in args[i:]), depth + 1, via)
+            return
+        i += _WRAPPER_POSITIONALS.get(name, 0)
+        if name == "flock" and i < len(args) and args[i - 1].text in ("-c", "--command"):
+            pass
+        inner = args[i:]
+        if name == "flock" and any(a.text in ("-c", "--command") for a in args):
+            idx = next(k for k, a in enumerate(args) if a.text in ("-c", "--command"))
+            if idx + 1 < len(args):
+                _payload(w, args[idx + 1], depth, via)
+            return
+    elif name == "busybox" and args and args[0].text not in ("sh", "ash", "bash"):
+        inner = args
+    elif name == "xargs":
+        i = _strip_options(args, _XARGS_VALUE_OPTS)
+        if i >= len(args):
+            return  # xargs alone runs echo
+        from_stdin = Word("<xargs input>", "", dynamic=True, substituted=cmd.upstream or ("stdin",))
+        inner = (*args[i:], from_stdin)
+    elif name in ("find",):
+        _find_exec(w, cmd, depth)
+        return
+    elif name in ("watch",):
+        i = _strip_options(args, frozenset({"-n", "-d", "--interval", "-q", "--equexit"}))
+        if i < len(args):
+            w.script(" ".join(a.text for a in args[i:]), depth + 1, via)
+        return
+    elif name in ("su", "runuser") and any(a.text in ("-c", "--command") for a in args):
+        idx = next(k for k, a in enumerate(args) if a.text in ("-c", "--command"))
+        if idx + 1 < len(args):
+            _payload(w, args[idx + 1], depth, via)
+        return
+    elif name == "ssh":
+        i = _strip_options(args, _SSH_VALUE_OPTS)
+        rest = args[i + 1 :]  # after the host
+        if rest:
+            w.script(" ".join(a.text for a in rest), depth + 1, (*via, "ssh remote"))
+        return
+    elif name == "eval":
+        if any(a.dynamic for a in args):
+            w.a.problems.append(Problem("dynamic", "eval of a value known only at run time",
+                                        cmd.source))  # fmt: skip
+        w.script(" ".join(a.text for a in args), depth + 1, via)
+        return
+    elif name in SHELLS:
+        _shell_payload(w, cmd, depth)
+        return
+    elif name in ("tar",):
+        for a in args:
+            for key in ("--checkpoint-action=exec=", "--to-command=", "--use-compress-program=",
+                        "--info-script=", "--new-volume-script="):  # fmt: skip
+                if a.text.startswith(key):
+                    w.script(a.text[len(key) :], depth + 1, (*via, key.strip("-=")))
+        return
+    if inner:
+        w.emit(inner[0], tuple(inner[1:]), cmd.source, depth + 1, via, cmd.upstream, cmd.writes)
+
+
+def _payload(w: _Walker, arg: Word, depth: int, via: tuple[str, ...]) -> None:
+    if arg.dynamic and arg.substituted:
+        w.a.problems.append(Problem("dynamic", "a shell payload known only at run time", arg.text))
+    w.script(arg.text, depth + 1, via)
+
+
+def _shell_payload(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
+    """``bash -c 'PAYLOAD'`` (also ``-lc``, ``-xc``, ``busybox sh -c``): analyse the payload."""
+    args = cmd.args
+    if cmd.name == "busybox":
+        args = args[1:]
+    for i, a in enumerate(args):
+        t = a.text
+        if t == "--" or not t.startswith("-") or t.startswith("--"):
+            if t.startswith("--") and t != "--":
+                continue
+            return
+        if "c" in t[1:] and not t.startswith("+"):
+            if i + 1 < len(args):
+                _payload(w, args[i + 1], depth, (*cmd.via, f"{cmd.name} -c"))
+            return
+
+
+def _find_exec(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
+    args = cmd.args
+    starts = [
+        a.text
+        for a in args[
+            : next((k for k, a in enumerate(args) if a.text.startswith(("-", "(", "!"))), len(args))
+        ]
+    ]
+    # Found paths are below the start paths: a relative start cannot reach /.
+    start = (
+        starts[0]
+        if len(starts) == 1
+        else ("/" if any(s.startswith(("/", "~", "$")) for s in starts) else ".")
+    )
+    i = 0
+    while i < len(args):
+        if args[i].text in ("-exec", "-execdir", "-ok", "-okdir"):
+            j = i + 1
+            while j < len(args) and args[j].text not in (";", "+"):
+                j += 1
+            found = Word(f"{start.rstrip('/')}/<found>", None, dynamic=True, substituted=("find",))
+            inner = tuple(found if "{}" in a.text else a for a in args[i + 1 : j])
+            if inner:
+                w.emit(inner[0], inner[1:], cmd.source, depth + 1, (*cmd.via, "find -exec"))
+            i = j
+        i += 1
+
+
+def _reads_program_from_stdin(cmd: SimpleCommand) -> bool:
+    """A shell or interpreter with no script argument reads its program from stdin."""
+    if cmd.name not in SHELLS and _interpreter(cmd.name) is None:
+        return False
+    positional = [a for a in cmd.args if not a.text.startswith("-")]
+    return not positional or any(a.text in ("-s", "-") for a in cmd.args)
+
+
+def _interpreter(name: str) -> str | None:
+    base = re.sub(r"[\d.]+$", "", name)
+    return base if base in INTERPRETERS else None
+
+
+def inline_code(cmd: SimpleCommand) -> str | None:
+    """The inline-code flag of ``python -c``, ``perl -e``, ``node -e``... if the command has one."""
+    base = _interpreter(cmd.name)
+    if base is None:
+        return None
+    flags = INLINE_CODE_FLAGS.get(base.rstrip("23") if base.startswith("python") else base, ())
+    if base.startswith("python"):
+        flags = ("-c",)
+    for a in cmd.args:
+        t = a.text
+        if t in flags or (t.startswith("-") and not t.startswith("--") and t[-1:] in "ce"
+                          and any(f == "-" + t[-1] for f in flags)):  # fmt: skip
+            return t
+    return None
+
+
+def reads_program_from_stdin(cmd: SimpleCommand) -> bool:
+    return _reads_program_from_stdin(cmd)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _text(n: Node | None) -> str:
+    if n is None or n.text is None:
+        return ""
+    return n.text.decode("utf-8", "replace")
+
+
+def _first_error(n: Node) -> Node | None:
+    if n.type == "ERROR" or n.is_missing:
+        return n
+    for c in n.children:
+        if c.has_error or c.is_missing:
+            found = _first_error(c)
+            if found is not None:
+                return found
+    return None
+
+
+def _join(parts: list[Word]) -> Word:
+    text = "".join(p.text for p in parts)
+    dynamic = any(p.dynamic for p in parts)
+    empties = [p.if_empty if p.if_empty is not None else p.text for p in parts]
+    if_empty = "".join(empties) if any(p.if_empty is not None for p in parts) else None
+    subs = tuple(s for p in parts for s in p.substituted)
+    return Word(text, if_empty if if_empty != text else None, dynamic, subs)
+
+
+def _join_string(n: Node, parts: list[Word]) -> Word:
+    # Rebuild the quoted value from the source so spaces between parts are kept.
+    pieces: list[Word] = []
+    pos = n.start_byte + 1
+    src = n.text or b""
+    kids = n.named_children
+    for c, w in zip(kids, parts, strict=True):
+        gap = src[pos - n.start_byte : c.start_byte - n.start_byte].decode("utf-8", "replace")
+        if gap:
+            pieces.append(Word(gap))
+        pieces.append(w)
+        pos = c.end_byte
+    tail = src[pos - n.start_byte : len(src) - 1].decode("utf-8", "replace")
+    if tail:
+        pieces.append(Word(tail))
+    return _join(pieces)
+
+
+def _stage_names(n: Node) -> list[str]:
+    if n.type == "redirected_statement":
+        body = n.child_by_field_name("body")
+        return _stage_names(body) if body is not None else []
+    if n.type == "command":
+        name = n.child_by_field_name("name")
+        return [normalize_name(_unescape_word(_text(name)))] if name is not None else []
+    return [n.type]
+
+
+def _has_pipe_or_background(n: Node) -> bool:
+    if n.type == "pipeline" or (not n.is_named and n.type == "&"):
+        return True
+    return any(_has_pipe_or_background(c) for c in n.children)
+
+
+def analyse(command: str) -> Analysis:
+    """Every simple command in ``command`` and every problem found analysing it."""
+    analysis = Analysis()
+    if len(command) > MAX_COMMAND_CHARS:
+        analysis.problems.append(
+            Problem("too-long", f"longer than {MAX_COMMAND_CHARS} characters", command[:80])
+        )
+        return analysis
+    _Walker(analysis, {}).script(command, 0, ())
+    return analysis
