@@ -487,16 +487,17 @@ def _names_flag(pattern: Pattern, flag: str) -> bool:
     return flag in src.split() or (pattern.source.startswith("re:") and flag in src)
 
 
-def _refuse(rule: str, matched: str, cmd: SimpleCommand | None, why: str = "") -> Verdict:
-    where = ""
-    if cmd is not None and cmd.via:
-        where = f" (found inside {' > '.join(cmd.via)})"
+def _refuse(rule: str, hit: str, cmd: SimpleCommand | None, why: str = "") -> Verdict:
+    """A refusal naming the rule, the simple command as written, and what in it matched."""
+    where = f" (inside {' > '.join(cmd.via)})" if cmd is not None and cmd.via else ""
+    matched = (cmd.source if cmd is not None else hit)[:200]
     what = f" ({why})" if why else ""
+    detail = f" [{hit[:200]}]" if cmd is not None and hit and hit != matched else ""
     return Verdict(
         "refused",
         rule,
-        matched[:200],
-        f"Refused by policy rule {rule}{what}: {matched[:200]!r}{where}. Nothing was run. "
+        matched,
+        f"Refused by policy rule {rule}{what}: {matched!r}{detail}{where}. Nothing was run. "
         "If this is intended, run a narrower command (for example a relative path inside the "
         "project), or ask the user to change the server's policy settings.",
     )

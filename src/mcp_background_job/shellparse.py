@@ -280,7 +280,7 @@ class _Walker:
         if body is None:
             return
         if body.type == "command":
-            self.command(body, depth, via, upstream, extra, writes, stdin_script)
+            self.command(body, depth, via, upstream, extra, writes, stdin_script, _text(n))
             return
         if extra:
             self.a.problems.append(
@@ -299,6 +299,7 @@ class _Walker:
         extra: list[Node] | None = None,
         writes: list[Word] | None = None,
         stdin_script: str | None = None,
+        source: str | None = None,
     ) -> None:
         name_node = n.child_by_field_name("name")
         args_nodes = n.children_by_field_name("argument") + (extra or [])
@@ -323,7 +324,7 @@ class _Walker:
         self.emit(
             name_word,
             args,
-            _text(n),
+            source or _text(n),
             depth,
             via,
             upstream,
