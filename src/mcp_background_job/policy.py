@@ -411,7 +411,8 @@ class Policy:
             if self.unparseable == "refuse":
                 return Verdict(
                     "refused", rule_id, p.part[:200],
-                    f"Refused: the command cannot be fully verified ({p.detail}: {p.part[:200]!r})."
+                    f"Refused by rule {rule_id}: the command cannot be fully verified "
+                    f"({p.detail}: {p.part[:200]!r})."
                     " Write it without that construct (a literal command instead of a variable or"
                     " $(...) as the command, a script file instead of a dynamic payload).",
                 )  # fmt: skip
@@ -424,22 +425,25 @@ class Policy:
             p = analysis.problems[0]
             return Verdict(
                 "refused", f"unverifiable:{p.kind}", p.part[:200],
-                f"Refused in allow-list mode: the command cannot be fully verified ({p.detail}: "
-                f"{p.part[:200]!r}). Use plain commands that the allow rules cover.",
+                f"Refused by rule unverifiable:{p.kind} (allow-list mode): the command cannot be "
+                f"fully verified ({p.detail}: {p.part[:200]!r}). Use plain commands that the "
+                "allow rules cover.",
             )  # fmt: skip
         for cmd in analysis.commands:
             rule = next((p for p in self.allow if p.matches(cmd)), None)
             if rule is None:
                 return Verdict(
                     "refused", "allow-list:no-match", cmd.line[:200],
-                    f"Refused: {cmd.line[:200]!r} matches no allow rule (allow-list mode; "
+                    f"Refused by rule allow-list:no-match: {cmd.line[:200]!r} matches no allow "
+                    "rule (allow-list mode; "
                     f"allowed: {', '.join(p.source for p in self.allow)}).",
                 )  # fmt: skip
             flag = inline_code(cmd)
             if flag is not None and not _names_flag(rule, flag):
                 return Verdict(
                     "refused", "allow-list:inline-code", cmd.line[:200],
-                    f"Refused: {cmd.name} {flag} runs inline code that no rule can verify; the "
+                    f"Refused by rule allow-list:inline-code: {cmd.name} {flag} runs inline code "
+                    "that no rule can verify; the "
                     f"allow rule {rule.source!r} does not name {flag}. Put the code in a file, or "
                     f"add an allow rule such as '{cmd.name} {flag} *'.",
                 )  # fmt: skip

@@ -167,7 +167,7 @@ class _Walker:
         root = tree.root_node
         if root.has_error:
             bad = _first_error(root)
-            part = _text(bad) if bad is not None else text
+            part = (_text(bad) if bad is not None else "").strip() or text[:200]
             self.a.problems.append(Problem("parse-error", "the shell parser rejects it", part))
             return
         self.node(root, depth, via)
@@ -180,17 +180,20 @@ class _Walker:
         kind = n.type
         if not n.is_named or kind in _IGNORED:
             return
-        if kind in _TRANSPARENT:
+        if kind == "list":  # left-nested: `a && b && c` is list(list(a, b), c); no recursion
+            for c in _flatten(n, "list"):
+                self.node(c, depth, via)
+        elif kind in _TRANSPARENT:
             for c in n.named_children:
                 self.node(c, depth, via)
         elif kind == "pipeline":
-            names: list[str] = []
-            stages = [c for c in n.named_children]
+            names: list[str] = list(upstream)
+            stages = _flatten_pipeline(n)
             for i, c in enumerate(stages):
                 self.node(c, depth, via, tuple(names))
                 names.extend(_stage_names(c))
                 if i > 0:
-                    self._echo_into_shell(stages[i - 1], c, depth, via)
+                    self._pipe_into_shell(stages[i - 1], c, depth, via)
         elif kind == "command":
             self.command(n, depth, via, upstream)
         elif kind == "redirected_statement":
@@ -228,7 +231,7 @@ class _Walker:
         name = _text(name_node) if name_node is not None else ""
         before = len(self.a.commands)
         for c in n.named_children:
-            if c is not name_node:
+            if c != name_node:
                 self.node(c, depth, via)
         called = {c.name for c in self.a.commands[before:]}
         body = n.child_by_field_name("body")
@@ -250,10 +253,11 @@ class _Walker:
         self, n: Node, depth: int, via: tuple[str, ...], upstream: tuple[str, ...]
     ) -> None:
         body = n.child_by_field_name("body")
-        redirects = [c for c in n.named_children if c is not body]
+        redirects = [c for c in n.named_children if c != body]
         extra: list[Node] = []
         writes: list[Word] = []
         stdin_script: str | None = None
+        later: list[Node] = []  # heredocs: the rest of their line is parsed inside them
         for r in redirects:
             if r.type == "file_redirect":
                 dests = r.children_by_field_name("destination")
@@ -268,10 +272,7 @@ class _Walker:
             elif r.type == "heredoc_redirect":
                 body_node = next((c for c in r.named_children if c.type == "heredoc_body"), None)
                 stdin_script = _text(body_node) if body_node is not None else ""
-                for c in r.named_children:
-                    if c.type == "heredoc_body":
-                        for sub in c.named_children:
-                            self.word(sub, depth, via)
+                later.append(r)
             elif r.type == "herestring_redirect":
                 words = [self.word(c, depth, via) for c in r.named_children]
                 stdin_script = " ".join(w.text for w in words)
@@ -281,12 +282,49 @@ class _Walker:
             return
         if body.type == "command":
             self.command(body, depth, via, upstream, extra, writes, stdin_script, _text(n))
-            return
-        if extra:
-            self.a.problems.append(
-                Problem("misparse", "words after a redirection of a compound command", _text(n))
-            )
-        self.node(body, depth, via, upstream)
+        else:
+            if extra:
+                self.a.problems.append(
+                    Problem("misparse", "words after a redirection of a compound command", _text(n))
+                )
+            self.node(body, depth, via, upstream)
+        for r in later:
+            self._heredoc_rest(n, r, depth, via, upstream + tuple(_stage_names(body)))
+
+    def _heredoc_rest(
+        self, stmt: Node, r: Node, depth: int, via: tuple[str, ...], upstream: tuple[str, ...]
+    ) -> None:
+        """tree-sitter-bash puts what follows ``<<EOF`` on its line inside the heredoc node:
+        ``| sh``, ``&& cmd``, more redirections. Walk it; stray words there are a misparse."""
+        for c in r.named_children:
+            if c.type == "heredoc_start":
+                if not re.fullmatch(r"[\w.\-'\"\\]+", _text(c)):
+                    self.a.problems.append(
+                        Problem("misparse", "a heredoc delimiter with shell syntax in it", _text(r))
+                    )
+            elif c.type == "heredoc_body":
+                for sub in c.named_children:
+                    self.word(sub, depth, via)
+            elif c.type in ("heredoc_end", "file_descriptor"):
+                continue
+            elif c.type == "pipeline" or (c.type in ("command", "redirected_statement")
+                                          and _after_pipe(r, c)):  # fmt: skip
+                stages = _flatten_pipeline(c)
+                left = stmt
+                names = list(upstream)
+                for st in stages:
+                    self.node(st, depth, via, tuple(names))
+                    names.extend(_stage_names(st))
+                    self._pipe_into_shell(left, st, depth, via)
+                    left = st
+            elif c.type in ("word", "concatenation", "string", "raw_string", "number"):
+                self.a.problems.append(
+                    Problem("misparse", "words after a heredoc marker", _text(r))
+                )
+            elif c.type == "file_redirect":
+                self.node(c, depth, via)
+            else:
+                self.node(c, depth, via)
 
     # --- simple commands ------------------------------------------------------------------
 
@@ -364,7 +402,7 @@ class _Walker:
             via=via,
         )
         self.a.commands.append(cmd)
-        if stdin_script is not None and _reads_program_from_stdin(cmd):
+        if stdin_script is not None and cmd_name in SHELLS and _reads_program_from_stdin(cmd):
             self.script(stdin_script, depth + 1, (*via, f"{cmd_name} <<"))
         _unwrap(self, cmd, depth)
 
@@ -458,27 +496,54 @@ class _Walker:
         if re.search(r"-v\s", text) and ("$(" in text or "`" in text):
             self.a.problems.append(Problem("dynamic", "a test -v subscript can run commands", text))
 
-    def _echo_into_shell(self, left: Node, right: Node, depth: int, via: tuple[str, ...]) -> None:
-        """``echo 'rm -rf /' | sh``: analyse what is echoed into a shell as a script."""
-        if left.type != "command" or right.type not in ("command", "redirected_statement"):
+    def _pipe_into_shell(self, left: Node, right: Node, depth: int, via: tuple[str, ...]) -> None:
+        """A shell reading its program from a pipe: analyse that program when it is a literal
+        (``echo 'ls' | sh``, ``cat <<EOF | sh``); otherwise it cannot be verified."""
+        body = right.child_by_field_name("body") if right.type == "redirected_statement" else right
+        if body is None or body.type != "command":
             return
-        lname = left.child_by_field_name("name")
-        rname = right if right.type == "command" else right.child_by_field_name("body")
-        if lname is None or rname is None or rname.type != "command":
-            return
-        rn = rname.child_by_field_name("name")
-        if rn is None or normalize_name(_unescape_word(_text(rn))) not in SHELLS:
-            return
-        if normalize_name(_unescape_word(_text(lname))) not in ("echo", "printf"):
+        rn = body.child_by_field_name("name")
+        if rn is None:
             return
         scratch = Analysis()
-        words = [
-            _Walker(scratch, dict(self.vars)).word(a, depth, via)
-            for a in left.children_by_field_name("argument")
-        ]
-        payload = " ".join(w.text for w in words if not w.text.startswith("-"))
-        payload = payload.replace("\\n", "\n")
-        self.script(payload, depth + 1, (*via, "echo | sh"))
+        probe = _Walker(scratch, dict(self.vars))
+        name = probe.word(rn.named_children[0] if rn.named_children else rn, depth, via)
+        args = tuple(probe.word(a, depth, via) for a in body.children_by_field_name("argument"))
+        cmd = SimpleCommand(normalize_name(name.text), args, _text(body))
+        if cmd.name not in SHELLS or not reads_program_from_stdin(cmd):
+            return
+        payload = self._literal_output(left, depth, via)
+        if payload is None:
+            self.a.problems.append(
+                Problem("dynamic", "a shell reading its program from a pipe", _text(right))
+            )
+            return
+        self.script(payload, depth + 1, (*via, f"| {cmd.name}"))
+
+    def _literal_output(self, n: Node, depth: int, via: tuple[str, ...]) -> str | None:
+        """What ``echo``/``printf`` of literals, or ``cat`` of a heredoc, writes; else None."""
+        cmd_node = n.child_by_field_name("body") if n.type == "redirected_statement" else n
+        if cmd_node is None or cmd_node.type != "command":
+            return None
+        name_node = cmd_node.child_by_field_name("name")
+        if name_node is None:
+            return None
+        name = normalize_name(_unescape_word(_text(name_node)))
+        probe = _Walker(Analysis(), dict(self.vars))
+        words = [probe.word(a, depth, via) for a in cmd_node.children_by_field_name("argument")]
+        if any(w.dynamic for w in words):
+            return None
+        if name in ("echo", "printf"):
+            text = " ".join(w.text for w in words if not w.text.startswith("-"))
+            return text.replace("\\n", "\n")
+        if name == "cat" and not words and n.type == "redirected_statement":
+            for r in n.named_children:
+                if r.type == "heredoc_redirect":
+                    b = next((c for c in r.named_children if c.type == "heredoc_body"), None)
+                    return _text(b)
+                if r.type == "herestring_redirect":
+                    return " ".join(probe.word(c, depth, via).text for c in r.named_children)
+        return None
 
 
 # --- wrappers and payloads ---------------------------------------------------------------------
@@ -758,6 +823,28 @@ def _join_string(n: Node, parts: list[Word]) -> Word:
     return _join(pieces)
 
 
+def _after_pipe(parent: Node, child: Node) -> bool:
+    prev = child.prev_sibling
+    return prev is not None and prev.type in ("|", "|&")
+
+
+def _flatten_pipeline(n: Node) -> list[Node]:
+    return _flatten(n, "pipeline")
+
+
+def _flatten(n: Node, kind: str) -> list[Node]:
+    """The operands of nested ``kind`` nodes, in order, without recursion."""
+    out: list[Node] = []
+    todo = [n]
+    while todo:
+        cur = todo.pop()
+        if cur.type == kind:
+            todo.extend(reversed(cur.named_children))
+        else:
+            out.append(cur)
+    return out
+
+
 def _stage_names(n: Node) -> list[str]:
     if n.type == "redirected_statement":
         body = n.child_by_field_name("body")
@@ -782,5 +869,8 @@ def analyse(command: str) -> Analysis:
             Problem("too-long", f"longer than {MAX_COMMAND_CHARS} characters", command[:80])
         )
         return analysis
-    _Walker(analysis, {}).script(command, 0, ())
+    try:
+        _Walker(analysis, {}).script(command, 0, ())
+    except RecursionError:  # pathological nesting: refuse rather than guess
+        analysis.problems.append(Problem("too-deep", "nested too deeply to analyse", command[:80]))
     return analysis
