@@ -180,22 +180,30 @@ class Redactor:
 
 
 def _hold_back_from(data: bytes, end: int) -> int:
-    """Where the trailing, possibly incomplete, secret-like word at the live end starts."""
+    """Where a possibly incomplete secret at the live end starts (``end``: nothing to hold).
+
+    Held back: a trailing word that is long or contains a trigger (``AKIA``, ``ghp_``, ...), and
+    on the last, unfinished line, a trigger whose value has started (``token: ab``,
+    ``Bearer x``). Not held: a prompt waiting for input (``Password: ``, ``>>> ``).
+    """
     lo = max(0, end - _HOLD_MAX_TOKEN)
     tail = data[lo:end]
     ws = max(tail.rfind(b" "), tail.rfind(b"\n"), tail.rfind(b"\t"), tail.rfind(b"\r"))
-    token = tail[ws + 1 :]
-    if not token:
-        return end
     if ws < 0 and lo > 0:
         return lo  # a word longer than we look at: hold the whole window back
-    if len(token) >= _HOLD_MIN_TOKEN or _TRIGGERS.search(token) is not None:
-        return lo + ws + 1
-    # ``password: `` / ``token= `` waiting for its value on the same line
-    line_start = tail.rfind(b"\n") + 1
-    if _TRIGGERS.search(tail[line_start:]) is not None and re.search(rb"[:=]\s*\S{0,3}$", tail):
-        return lo + line_start
-    return end
+    hold = end
+    token = tail[ws + 1 :]
+    if token and (len(token) >= _HOLD_MIN_TOKEN or _TRIGGERS.search(token) is not None):
+        hold = lo + ws + 1
+    line_start = max(tail.rfind(b"\n"), tail.rfind(b"\r")) + 1
+    line = tail[line_start:]
+    last = None
+    for m in _TRIGGERS.finditer(line):
+        last = m
+    if last is not None and line[last.end() :].strip(b" \t:=\"'{}[],").strip():
+        word = max(line.rfind(b" ", 0, last.start()), line.rfind(b"\t", 0, last.start())) + 1
+        hold = min(hold, lo + line_start + word)
+    return hold
 
 
 # --- terminal control sequences -----------------------------------------------------------------
