@@ -237,7 +237,7 @@ class App:
         if roots and not any(Path(cwd).is_relative_to(r) for r in roots):
             verdict = Verdict(
                 "refused", "cwd-roots", cwd,
-                f"Refused: cwd {cwd!r} is outside the allowed roots "
+                f"Refused by rule cwd-roots: cwd {cwd!r} is outside the allowed roots "
                 f"({', '.join(map(str, roots))}). Pass a cwd inside one of them. Nothing was run.",
             )  # fmt: skip
         elif (why := self.isolation.check_cwd(cwd)) is not None:
