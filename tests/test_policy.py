@@ -170,6 +170,11 @@ BYPASSES: list[tuple[str, str | None]] = [
     ("tee /dev/sda < /dev/zero", None),
     (":(){ :|:& };:", None),
     ("bomb() { bomb | bomb & }; bomb", None),
+    ("a() { b & }; b() { a | a; }; a", None),
+    ("trap 'rm -rf /' EXIT", None),
+    ("coproc rm -rf /", None),
+    ("for f in `ls`; do rm -rf /; done", None),
+    ("export X=$(rm -rf ~)", None),
     ("chmod -R 777 /", None),
     ("chmod -R 000 ~", None),
     ("chown -R nobody /", None),
@@ -310,7 +315,27 @@ LEGITIMATE: list[tuple[str, str | None]] = [
     ("cat /dev/sda1 | head -c 512 | xxd", None),
     ("echo hi > out.txt rm -rf /", None),  # bash: `echo hi rm -rf /` into out.txt
     ("rm -rf *", "/home/dev/proj"),
+    ("for i in $(seq 1 3000); do echo tick $i; sleep 0.1; done", None),
+    ("trap 'rm -f /tmp/lock' EXIT; ./run.sh", None),
+    ('[ "$(id -u)" = 0 ] || exit 1', None),
+    ("x=$(git rev-parse HEAD) make release", None),
 ]
+
+
+#: Refused on purpose although often harmless: the trade-offs, documented in the README.
+DELIBERATE_OVER_BLOCKS = [
+    ("find . -name __pycache__ | xargs rm -rf", "builtin:recursive-unknown-target"),
+    ("rm -rf $(cat dirs.txt)", "builtin:recursive-unknown-target"),
+    ("cat install.sh | bash", "unverifiable:dynamic"),
+    ("$EDITOR notes.txt", "unverifiable:dynamic"),
+    ("rm -rf /build", "builtin:rm-root"),
+    ('rm -rf "$OUT_DIR/"', "builtin:rm-root"),
+]
+
+
+@pytest.mark.parametrize(("command", "rule"), DELIBERATE_OVER_BLOCKS)
+def test_deliberate_over_blocks(command: str, rule: str) -> None:
+    assert DENY.check(command).rule == rule
 
 
 def _show(command: str) -> str:

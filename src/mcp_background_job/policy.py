@@ -326,9 +326,20 @@ BUILTIN_RULES: tuple[BuiltinRule, ...] = (
 
 
 def _fork_bomb(analysis: Analysis) -> str | None:
-    for name, (called, spreads) in analysis.functions.items():
-        if name in called and spreads:
-            return f"{name}() {{ {name} | {name} & }}"
+    """A function that reaches itself (directly or through others) and pipes or backgrounds."""
+    calls = {name: called for name, (called, _spreads) in analysis.functions.items()}
+    for name, (_called, spreads) in analysis.functions.items():
+        if not spreads:
+            continue
+        seen: set[str] = set()
+        todo = list(calls[name])
+        while todo:
+            callee = todo.pop()
+            if callee == name:
+                return f"{name}() {{ {name} | {name} & }}"
+            if callee in calls and callee not in seen:
+                seen.add(callee)
+                todo.extend(calls[callee])
     return None
 
 

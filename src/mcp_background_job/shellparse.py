@@ -219,7 +219,7 @@ class _Walker:
         elif kind in ("file_redirect", "herestring_redirect", "heredoc_redirect"):
             for c in n.named_children:
                 self.word(c, depth, via)
-        elif kind in _EXPRESSIONS:
+        elif kind in _EXPRESSIONS or kind in ("command_substitution", "process_substitution"):
             self.word(n, depth, via)
         else:
             self.a.problems.append(
@@ -560,6 +560,7 @@ _WRAPPERS: dict[str, frozenset[str]] = {
                                                                      "--output"}),
     "stdbuf": frozenset({"-i", "-o", "-e", "--input", "--output", "--error"}),
     "command": frozenset(), "builtin": frozenset(), "exec": frozenset({"-a"}),
+    "coproc": frozenset(),
     "chroot": frozenset({"--userspec", "--groups"}), "unshare": frozenset(),
     "flock": frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}),
     "taskset": frozenset(), "chrt": frozenset(), "caffeinate": frozenset(),
@@ -671,6 +672,9 @@ def _unwrap(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
         rest = args[i + 1 :]  # after the host
         if rest:
             w.script(" ".join(a.text for a in rest), depth + 1, (*via, "ssh remote"))
+        return
+    elif name == "trap" and args and not args[0].text.startswith("-"):
+        _payload(w, args[0], depth, via)  # the handler runs later, as shell code
         return
     elif name == "eval":
         if any(a.dynamic for a in args):
