@@ -37,7 +37,7 @@ from .models import (
     summary,
     view,
 )
-from .policy import Policy, Verdict
+from .policy import Policy, ShellInput, Verdict, reads_commands_from_stdin
 from .redact import CONTEXT_BYTES, Redactor, strip_controls
 from .runner import Runner
 from .store import JobFilter, Store
@@ -117,6 +117,7 @@ class App:
         self.policy = policy_from(settings)
         self.bucket = TokenBucket(settings.rate_limit_burst, settings.rate_limit_per_s)
         self.redactor = Redactor()
+        self._shells: dict[str, ShellInput | None] = {}
 
     @classmethod
     async def open(cls, settings: Settings, isolation: Isolation | None = None) -> App:
@@ -322,6 +323,15 @@ class App:
             events=[AuditView.of(e) for e in events],
             next_before_id=events[-1].id if more and events else None,
         )
+
+    def _shell_input(self, job: Job) -> ShellInput | None:
+        if job.status.is_terminal:
+            self._shells.pop(job.id, None)
+            return None
+        if job.id not in self._shells:
+            is_shell = reads_commands_from_stdin(job.command)
+            self._shells[job.id] = ShellInput(self.policy) if is_shell else None
+        return self._shells[job.id]
 
     # --- redaction ------------------------------------------------------------------------
 
@@ -545,11 +555,28 @@ class App:
         job = await self._job(job_id)
         data = input.encode()
         written = self.runner.ingester.written(job.id) or {s: job.ingested(s) for s in Stream}
-        await self.runner.send_input(job, data, eof=eof)
-        log.info("job_input id=%s bytes=%d eof=%s", job.id, len(data), eof)
         # The size, never the content: input may be a password typed into a prompt.
-        await self._audit("interact", client, job_id=job.id,
-                          detail={"bytes": len(data), "eof": eof})  # fmt: skip
+        facts: dict[str, object] = {"bytes": len(data), "eof": eof}
+        shell = self._shell_input(job)
+        if shell is not None and job.status is JobStatus.RUNNING:
+            # A shell reading stdin runs what is typed: check it like a command line.
+            verdict = shell.check(input, eof=eof, cwd=job.cwd, home=str(Path.home()))
+            facts["shell_input"] = True
+            if not verdict.allowed:
+                await self._audit("interact", client, job_id=job.id, verdict=verdict,
+                                  detail=facts)  # fmt: skip
+                raise PolicyRefused(
+                    verdict.message.replace("Nothing was run.", "Nothing was written."),
+                    rule=verdict.rule,
+                    matched=verdict.matched,
+                )
+            if verdict.audit_note:
+                facts["unverified"] = verdict.audit_note
+        await self.runner.send_input(job, data, eof=eof)
+        if shell is not None:
+            shell.accept(input, eof=eof)
+        log.info("job_input id=%s bytes=%d eof=%s", job.id, len(data), eof)
+        await self._audit("interact", client, job_id=job.id, detail=facts)
         ended = await self.runner.wait_end(job.id, wait_s)
         await self.runner.flush(job.id)
         job = await self.store.get_job(job.id, events=False)

@@ -516,3 +516,63 @@ def _refuse(rule: str, hit: str, cmd: SimpleCommand | None, why: str = "") -> Ve
         "If this is intended, run a narrower command (for example a relative path inside the "
         "project), or ask the user to change the server's policy settings.",
     )
+
+
+# --- input typed into a shell --------------------------------------------------------------
+
+#: Input kept per job to see commands split across ``interact`` calls.
+_HISTORY_MAX = 64 * 1024
+
+
+def reads_commands_from_stdin(command: str) -> bool:
+    """True when the job is a shell that takes its commands from stdin (``bash``, ``sh -i``):
+    what is typed into it with ``interact`` is then a command line, checked like one."""
+    analysis = analyse(command)
+    return any(
+        c.name in SHELLS and reads_program_from_stdin(c) and not c.stdin_script and not c.upstream
+        for c in analysis.commands
+    )
+
+
+class ShellInput:
+    """What has been typed into one shell job. Bash runs a line (or a multi-line construct) when
+    it is complete, so input is checked as whole lines, alone and together with what came
+    before: ``rm -rf \\`` then ``/`` is ``rm -rf /``. An unfinished construct (``if ...; then``
+    before its ``fi``) is not a reason to refuse; a deny rule is."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.history = ""
+        self.partial = ""
+
+    def check(self, text: str, *, eof: bool, cwd: str | None, home: str | None) -> Verdict:
+        complete, _rest = self._split(text, eof)
+        if not complete:
+            return Verdict("allowed", "shell-input:incomplete-line", "", "no complete line yet")
+        verdicts = [
+            self.policy.check(chunk, cwd=cwd, home=home)
+            for chunk in (self.history + complete, complete, *complete.splitlines())
+            if chunk.strip()
+        ]
+        for v in verdicts:
+            if not v.allowed and v.rule != "unverifiable:parse-error":
+                return v
+        if self.policy.mode == "allow-list" and verdicts and not verdicts[0].allowed:
+            return verdicts[0]
+        note = next((v.audit_note or v.matched for v in verdicts if not v.allowed), None)
+        if note is not None:
+            return Verdict("allowed", "shell-input:unfinished", note[:200],
+                           "allowed: an unfinished construct", audit_note=note[:200])  # fmt: skip
+        return Verdict("allowed", verdicts[0].rule if verdicts else "empty", "", "allowed")
+
+    def accept(self, text: str, *, eof: bool) -> None:
+        complete, rest = self._split(text, eof)
+        self.history = (self.history + complete)[-_HISTORY_MAX:]
+        self.partial = rest
+
+    def _split(self, text: str, eof: bool) -> tuple[str, str]:
+        pending = self.partial + text
+        if eof:
+            return pending, ""
+        head, newline, rest = pending.rpartition("\n")
+        return (head + newline, rest) if newline else ("", rest)

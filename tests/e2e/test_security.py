@@ -206,6 +206,23 @@ async def test_refusal_is_a_tool_error_naming_rule_and_match_and_nothing_runs(
     assert ["refused", "builtin:rm-root", "rm -r -f /"] in rows
 
 
+async def test_input_typed_into_a_shell_job_is_checked_like_a_command(
+    db: Path, tmp_path: Path
+) -> None:
+    async with serve(db) as s:
+        job = await s.execute("bash", cwd=str(tmp_path))
+        ok = await s.call("interact", job_id=job["id"], input="echo typed-$((6*7))\n", wait_s=2)
+        assert "typed-42" in ok["output"]
+        await s.call("interact", job_id=job["id"], input="rm -rf \\\n", wait_s=0)
+        with pytest.raises(ToolError, match=r"builtin:rm-root.*Nothing was written"):
+            await s.call("interact", job_id=job["id"], input="~\n", wait_s=0)
+        await s.call("interact", job_id=job["id"], input="build\n", eof=True, wait_s=0)
+        assert (await s.wait_done(job["id"]))["status"] == "completed"
+        refused = [e for e in (await s.call("audit", kind="interact"))["events"] if e["decision"]]
+        assert [(e["decision"], e["rule"]) for e in refused] == [("refused", "builtin:rm-root")]
+        assert refused[0]["detail"]["bytes"] == 2
+
+
 async def test_cwd_outside_the_allowed_roots_is_refused(db: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
