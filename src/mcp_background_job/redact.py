@@ -131,7 +131,7 @@ class Redactor:
         return self if not values else Redactor(self.rules, (*self._values, *values))
 
     def _matches(self, data: bytes) -> list[tuple[int, int, int, int, str]]:
-        """(start, end, secret_start, secret_end, rule) of every match."""
+        """(start, end, secret_start, secret_end, rule) of every match not masked already."""
         out = []
         for m in self._regex.finditer(data):
             groups = m.groups()
@@ -139,7 +139,8 @@ class Redactor:
             s, e = m.span(k + 2)
             if s < 0:
                 s, e = m.span(k + 1)
-            out.append((m.start(), m.end(), s, e, self._names[k // 2]))
+            if data[s:e].strip(b"*"):
+                out.append((m.start(), m.end(), s, e, self._names[k // 2]))
         return out
 
     def redact(self, data: bytes) -> tuple[bytes, Counter[str]]:
