@@ -195,6 +195,16 @@ BYPASSES: list[tuple[str, str | None]] = [
     ("\uff52\uff4d -rf /", None),  # full-width rm
     ("r\u043c -rf /", None),  # Cyrillic em
     ("r\u200bm -rf /", None),  # zero-width space
+    # more wrappers, and shell strings inside inline interpreter code (a heuristic)
+    ("runuser -u root -c 'rm -rf /'", None),
+    ("nsenter -t 1 -m rm -rf /", None),
+    ("parallel rm -rf ::: /", None),
+    ("script -qc 'rm -rf /'", None),
+    ("sg root -c 'rm -rf /'", None),
+    ("perl -e 'system(\"rm -rf /\")'", None),
+    ("python3 -c 'import os; os.system(\"rm -rf ~\")'", None),
+    ("awk 'BEGIN{system(\"rm -rf /\")}'", None),
+    ("node -e \"require('child_process').execSync('rm -rf /')\"", None),
     # exec hooks, remote commands
     ("tar cf /dev/null x --checkpoint=1 --checkpoint-action=exec='rm -rf /'", None),
     ("ssh host 'rm -rf /'", None),
@@ -324,6 +334,10 @@ LEGITIMATE: list[tuple[str, str | None]] = [
     ("trap 'rm -f /tmp/lock' EXIT; ./run.sh", None),
     ('[ "$(id -u)" = 0 ] || exit 1', None),
     ("x=$(git rev-parse HEAD) make release", None),
+    ("parallel gzip ::: a.log b.log", None),
+    ("python3 -c 'print(\"hello (\")'", None),
+    ("awk '{print $1}' access.log | sort | uniq -c", None),
+    ("sudo -u postgres psql -c 'select 1'", None),
 ]
 
 
@@ -448,7 +462,7 @@ def test_allow_list_mode() -> None:
 def test_allow_list_refuses_inline_code_unless_a_rule_names_the_flag() -> None:
     broad = Policy.from_patterns(mode="allow-list", allow=["python3 *", "node *"])
     assert broad.check("python3 script.py").allowed
-    verdict = broad.check("python3 -c 'import os; os.system(\"rm -rf /\")'")
+    verdict = broad.check("python3 -c 'import shutil; shutil.rmtree(\"/srv\")'")
     assert verdict.rule == "allow-list:inline-code"
     assert broad.check("node -e 'process.exit(1)'").rule == "allow-list:inline-code"
 

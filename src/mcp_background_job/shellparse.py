@@ -570,6 +570,7 @@ _WRAPPERS: dict[str, frozenset[str]] = {
     "catchsegv": frozenset(), "valgrind": frozenset(), "gdb": frozenset(),
     "firejail": frozenset(), "runuser": frozenset({"-u", "-g", "-G", "--user", "--group"}),
     "sg": frozenset(), "systemd-run": frozenset({"-p", "-u", "--unit", "--property"}),
+    "nsenter": frozenset({"-t", "--target", "-S", "--setuid", "-G", "--setgid"}),
 }  # fmt: skip
 #: wrappers whose first non-option argument is consumed before the command
 _WRAPPER_POSITIONALS = {"timeout": 1, "chroot": 1, "taskset": 1, "chrt": 1, "flock": 1, "sg": 1}
@@ -582,6 +583,7 @@ _SSH_VALUE_OPTS = frozenset(
      "-Q", "-R", "-S", "-W", "-w"}
 )  # fmt: skip
 _TIMEOUT_VALUE_OPTS = frozenset({"-s", "-k", "--signal", "--kill-after"})
+_PARALLEL_VALUE_OPTS = frozenset({"-j", "--jobs", "-S", "--sshlogin", "--joblog", "-d", "-a"})
 
 
 def _strip_options(args: tuple[Word, ...], value_opts: frozenset[str]) -> int:
@@ -601,75 +603,49 @@ def _strip_options(args: tuple[Word, ...], value_opts: frozenset[str]) -> int:
 
 
 def _unwrap(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
+    """Find the commands a command runs: wrappers' inner commands and literal payloads."""
     name, args = cmd.name, cmd.args
     via = (*cmd.via, name)
     inner: tuple[Word, ...] | None = None
-    if name in ("timeout",):
+    if name in ("su", "runuser", "sg", "script", "flock"):
+        for k, a in enumerate(args):  # `su -c CMD`, `su -lc CMD`, `script -qc CMD`, `--command=`
+            if a.text.startswith("--command="):
+                _payload(w, Word(a.text.split("=", 1)[1], dynamic=a.dynamic), depth, via)
+                return
+            if a.text == "--command" or re.fullmatch(r"-[a-zA-Z]*c", a.text):
+                if k + 1 < len(args):
+                    _payload(w, args[k + 1], depth, via)
+                return
+    if name == "timeout":
         i = _strip_options(args, _TIMEOUT_VALUE_OPTS)
         inner = args[i + 1 :]
     elif name == "env":
-        i = 0
-        while i < len(args):
-            t = args[i].text
-            if t in ("-S", "--split-string") and i + 1 < len(args):
-                w.script(args[i + 1].text, depth + 1, via)
-                return
-            if t.startswith("--split-string=") or (t.startswith("-S") and len(t) > 2):
-                w.script(t.split("=", 1)[-1] if "=" in t else t[2:], depth + 1, via)
-                return
-            if t == "--":
-                i += 1
-                break
-            if t in _WRAPPERS["env"]:
-                i += 2
-            elif t.startswith("-") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", t):
-                i += 1
-            else:
-                break
-        inner = args[i:]
-    elif name in ("nice",) and args and re.fullmatch(r"-\d+", args[0].text):
+        inner = _env_inner(w, args, depth, via)
+    elif name == "nice" and args and re.fullmatch(r"-\d+", args[0].text):
         inner = args[1:]
     elif name in _WRAPPERS or name in _WRAPPER_POSITIONALS:
         i = _strip_options(args, _WRAPPERS.get(name, frozenset()))
-        if name in ("su",):
-            return
         if name in ("sudo", "doas") and any(a.text in ("-s", "-i") for a in args[:i]):
-            if i < len(args):  # sudo -s CMD runs CMD through a shell
-                w.script(" ".join(a.text for a in args[i:]), depth + 1, via)
+            # a shell: with a command it runs it through the shell, without one it reads stdin
+            shell = " ".join(a.text for a in args[i:]) if i < len(args) else ""
+            w.emit(Word("sh"), (Word("-c"), Word(shell)) if shell else (), cmd.source, depth + 1,
+                   via, cmd.upstream)  # fmt: skip
             return
-        i += _WRAPPER_POSITIONALS.get(name, 0)
-        if name == "flock" and i < len(args) and args[i - 1].text in ("-c", "--command"):
-            pass
-        inner = args[i:]
-        if name == "flock" and any(a.text in ("-c", "--command") for a in args):
-            idx = next(k for k, a in enumerate(args) if a.text in ("-c", "--command"))
-            if idx + 1 < len(args):
-                _payload(w, args[idx + 1], depth, via)
-            return
+        inner = args[i + _WRAPPER_POSITIONALS.get(name, 0) :]
     elif name == "busybox" and args and args[0].text not in ("sh", "ash", "bash"):
         inner = args
-    elif name == "xargs":
-        i = _strip_options(args, _XARGS_VALUE_OPTS)
-        if i >= len(args):
-            return  # xargs alone runs echo
-        from_stdin = Word("<xargs input>", "", dynamic=True, substituted=cmd.upstream or ("stdin",))
-        inner = (*args[i:], from_stdin)
-    elif name in ("find",):
+    elif name in ("xargs", "parallel"):
+        inner = _xargs_inner(cmd)
+    elif name == "find":
         _find_exec(w, cmd, depth)
         return
-    elif name in ("watch",):
+    elif name == "watch":
         i = _strip_options(args, frozenset({"-n", "-d", "--interval", "-q", "--equexit"}))
         if i < len(args):
             w.script(" ".join(a.text for a in args[i:]), depth + 1, via)
         return
-    elif name in ("su", "runuser") and any(a.text in ("-c", "--command") for a in args):
-        idx = next(k for k, a in enumerate(args) if a.text in ("-c", "--command"))
-        if idx + 1 < len(args):
-            _payload(w, args[idx + 1], depth, via)
-        return
     elif name == "ssh":
-        i = _strip_options(args, _SSH_VALUE_OPTS)
-        rest = args[i + 1 :]  # after the host
+        rest = args[_strip_options(args, _SSH_VALUE_OPTS) + 1 :]  # after the host
         if rest:
             w.script(" ".join(a.text for a in rest), depth + 1, (*via, "ssh remote"))
         return
@@ -678,22 +654,84 @@ def _unwrap(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
         return
     elif name == "eval":
         if any(a.dynamic for a in args):
-            w.a.problems.append(Problem("dynamic", "eval of a value known only at run time",
-                                        cmd.source))  # fmt: skip
+            w.a.problems.append(
+                Problem("dynamic", "eval of a value known only at run time", cmd.source)
+            )
         w.script(" ".join(a.text for a in args), depth + 1, via)
         return
     elif name in SHELLS:
         _shell_payload(w, cmd, depth)
         return
-    elif name in ("tar",):
+    elif name == "tar":
         for a in args:
-            for key in ("--checkpoint-action=exec=", "--to-command=", "--use-compress-program=",
-                        "--info-script=", "--new-volume-script="):  # fmt: skip
+            for key in _TAR_EXEC:
                 if a.text.startswith(key):
                     w.script(a.text[len(key) :], depth + 1, (*via, key.strip("-=")))
         return
+    else:
+        _inline_code_strings(w, cmd, depth)
+        return
     if inner:
         w.emit(inner[0], tuple(inner[1:]), cmd.source, depth + 1, via, cmd.upstream, cmd.writes)
+
+
+_TAR_EXEC = ("--checkpoint-action=exec=", "--to-command=", "--use-compress-program=",
+             "--info-script=", "--new-volume-script=")  # fmt: skip
+_STRING_LITERAL = re.compile(r"\"((?:[^\"\\]|\\.){2,2000})\"|'((?:[^'\\]|\\.){2,2000})'")
+
+
+def _env_inner(
+    w: _Walker, args: tuple[Word, ...], depth: int, via: tuple[str, ...]
+) -> tuple[Word, ...]:
+    i = 0
+    while i < len(args):
+        t = args[i].text
+        if t in ("-S", "--split-string") and i + 1 < len(args):
+            w.script(args[i + 1].text, depth + 1, via)
+            return ()
+        if t.startswith("--split-string=") or (t.startswith("-S") and len(t) > 2):
+            w.script(t.split("=", 1)[-1] if "=" in t else t[2:], depth + 1, via)
+            return ()
+        if t == "--":
+            return args[i + 1 :]
+        if t in _WRAPPERS["env"]:
+            i += 2
+        elif t.startswith("-") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", t):
+            i += 1
+        else:
+            break
+    return args[i:]
+
+
+def _xargs_inner(cmd: SimpleCommand) -> tuple[Word, ...]:
+    """``xargs CMD ARGS`` / ``parallel CMD ::: VALUES``: CMD with ARGS and the values it is fed."""
+    args = cmd.args
+    i = _strip_options(args, _XARGS_VALUE_OPTS if cmd.name == "xargs" else _PARALLEL_VALUE_OPTS)
+    rest = list(args[i:])
+    if not rest:
+        return ()  # xargs alone runs echo
+    fed: list[Word] = []
+    if cmd.name == "parallel" and any(a.text in (":::", "::::") for a in rest):
+        k = next(k for k, a in enumerate(rest) if a.text in (":::", "::::"))
+        fed = [a for a in rest[k + 1 :] if a.text not in (":::", "::::")]
+        rest = rest[:k]
+    if not fed:
+        fed = [Word("<xargs input>", "", dynamic=True, substituted=cmd.upstream or ("stdin",))]
+    return (*rest, *fed)
+
+
+def _inline_code_strings(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
+    """``python -c 'os.system("rm -rf /")'``, ``awk 'BEGIN{system("...")}'``: string literals in
+    inline code that parse as shell commands are checked too. A heuristic (code is not shell):
+    literals that do not parse are ignored, and the code itself stays unverifiable."""
+    if inline_code(cmd) is None and cmd.name not in ("awk", "gawk", "mawk", "nawk"):
+        return
+    for a in cmd.args:
+        for m in _STRING_LITERAL.finditer(a.text):
+            literal = m.group(1) or m.group(2) or ""
+            scratch = Analysis()
+            _Walker(scratch, {}).script(literal, depth + 1, (*cmd.via, f"{cmd.name} code"))
+            w.a.commands.extend(scratch.commands)
 
 
 def _payload(w: _Walker, arg: Word, depth: int, via: tuple[str, ...]) -> None:
