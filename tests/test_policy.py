@@ -91,6 +91,9 @@ BYPASSES: list[tuple[str, str | None]] = [
     ("su -c 'rm -rf /'", None),
     ("sudo sh -c 'rm -rf /'", None),
     ('bash -c "$PAYLOAD"', None),
+    ("bash -o pipefail -c 'rm -rf /'", None),
+    ("bash +x -c 'rm -rf /'", None),
+    ("sh -c -- 'rm -rf /'", None),
     ("x='rm -rf /'; eval $x", None),
     # wrappers
     ("sudo rm -rf /", None),
@@ -338,6 +341,7 @@ LEGITIMATE: list[tuple[str, str | None]] = [
     ("python3 -c 'print(\"hello (\")'", None),
     ("awk '{print $1}' access.log | sort | uniq -c", None),
     ("sudo -u postgres psql -c 'select 1'", None),
+    ("bash -o pipefail -c 'make 2>&1 | tee build.log'", None),
 ]
 
 

@@ -740,21 +740,39 @@ def _payload(w: _Walker, arg: Word, depth: int, via: tuple[str, ...]) -> None:
     w.script(arg.text, depth + 1, via)
 
 
+_SHELL_VALUE_OPTS = frozenset({"-o", "+o", "-O", "+O", "--rcfile", "--init-file"})
+
+
+def _shell_args(cmd: SimpleCommand) -> tuple[tuple[Word, ...], int | None, int]:
+    """A shell's arguments (after ``busybox sh``), the index of its ``-c`` payload if any, and
+    the index of its first operand (a script file, or the payload's ``$0`` ...)."""
+    args = cmd.args[1:] if cmd.name == "busybox" else cmd.args
+    payload: int | None = None
+    i = 0
+    while i < len(args):
+        t = args[i].text
+        if t == "--" or t == "-":
+            i += 1
+            break
+        if t in _SHELL_VALUE_OPTS:
+            i += 2
+            continue
+        if t.startswith("--") or (t[:1] in "-+" and len(t) > 1):
+            if t[:1] == "-" and not t.startswith("--") and "c" in t[1:] and payload is None:
+                payload = -1  # the next operand is the payload
+            i += 1
+            continue
+        break
+    if payload == -1:
+        return args, (i if i < len(args) else None), i
+    return args, None, i
+
+
 def _shell_payload(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
-    """``bash -c 'PAYLOAD'`` (also ``-lc``, ``-xc``, ``busybox sh -c``): analyse the payload."""
-    args = cmd.args
-    if cmd.name == "busybox":
-        args = args[1:]
-    for i, a in enumerate(args):
-        t = a.text
-        if t == "--" or not t.startswith("-") or t.startswith("--"):
-            if t.startswith("--") and t != "--":
-                continue
-            return
-        if "c" in t[1:] and not t.startswith("+"):
-            if i + 1 < len(args):
-                _payload(w, args[i + 1], depth, (*cmd.via, f"{cmd.name} -c"))
-            return
+    """``bash -c 'PAYLOAD'`` (also ``-lc``, ``-o pipefail -c``, ``busybox sh -c``)."""
+    args, payload, _first = _shell_args(cmd)
+    if payload is not None:
+        _payload(w, args[payload], depth, (*cmd.via, f"{cmd.name} -c"))
 
 
 def _find_exec(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
@@ -786,11 +804,16 @@ def _find_exec(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
 
 
 def _reads_program_from_stdin(cmd: SimpleCommand) -> bool:
-    """A shell or interpreter with no script argument reads its program from stdin."""
-    if cmd.name not in SHELLS and _interpreter(cmd.name) is None:
+    """A shell or interpreter with no script (or ``-c``) argument reads its program from stdin."""
+    if cmd.name in SHELLS:
+        args, payload, first = _shell_args(cmd)
+        if payload is not None:
+            return False
+        return first >= len(args) or any(a.text == "-s" for a in args[:first])
+    if _interpreter(cmd.name) is None or inline_code(cmd) is not None:
         return False
     positional = [a for a in cmd.args if not a.text.startswith("-")]
-    return not positional or any(a.text in ("-s", "-") for a in cmd.args)
+    return not positional or any(a.text == "-" for a in cmd.args)
 
 
 def _interpreter(name: str) -> str | None:
@@ -799,18 +822,20 @@ def _interpreter(name: str) -> str | None:
 
 
 def inline_code(cmd: SimpleCommand) -> str | None:
-    """The inline-code flag of ``python -c``, ``perl -e``, ``node -e``... if the command has one."""
+    """The inline-code flag of ``python -c``, ``perl -e``, ``node -e``... if the command has one
+    (also in a cluster of short flags: ``python3 -Ic``, ``perl -ne``)."""
     base = _interpreter(cmd.name)
     if base is None:
         return None
-    flags = INLINE_CODE_FLAGS.get(base.rstrip("23") if base.startswith("python") else base, ())
-    if base.startswith("python"):
-        flags = ("-c",)
+    flags = INLINE_CODE_FLAGS.get("python" if base.startswith("python") else base, ())
     for a in cmd.args:
         t = a.text
-        if t in flags or (t.startswith("-") and not t.startswith("--") and t[-1:] in "ce"
-                          and any(f == "-" + t[-1] for f in flags)):  # fmt: skip
+        if t in flags:
             return t
+        if re.fullmatch(r"-[A-Za-z]+", t) and any(len(f) == 2 and f[1] in t[1:] for f in flags):
+            return t
+        if not t.startswith("-"):
+            return None  # a script file: what follows are its arguments
     return None
 
 
