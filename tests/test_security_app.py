@@ -100,3 +100,12 @@ async def test_reads_are_masked_and_the_stored_copy_is_masked_at_the_end(
     stored = b"".join(c.data for c in chunks)
     assert b"IOSFODNN7EXAMPLE" not in stored and b"given-by-the-caller" not in stored
     assert len(stored) == out.bytes
+
+
+async def test_a_secret_at_the_very_end_is_masked_in_the_stored_copy(
+    secure_app: App, tmp_path: Path
+) -> None:
+    job = await secure_app.execute("printf 'password=hunter22'", cwd=str(tmp_path))
+    await secure_app.wait(job.id, 20)
+    chunks = await secure_app.store.read_stream(job.id, Stream.STDOUT, 0, 1 << 20)
+    assert b"".join(c.data for c in chunks) == b"password=********"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import hashlib
 import json
 import logging
@@ -118,6 +119,7 @@ class App:
         self.bucket = TokenBucket(settings.rate_limit_burst, settings.rate_limit_per_s)
         self.redactor = Redactor()
         self._shells: dict[str, ShellInput | None] = {}
+        runner.on_ended = self.redact_stored
 
     @classmethod
     async def open(cls, settings: Settings, isolation: Isolation | None = None) -> App:
@@ -126,20 +128,14 @@ class App:
         iso = isolation if isolation is not None else await asyncio.to_thread(detect, settings)
         store = Store(settings.db)
         await store.open()
-        holder: list[App] = []
-
-        async def on_ended(job_id: str) -> None:
-            if holder:
-                await holder[0].redact_stored(job_id)
-
-        runner = Runner(settings, store, Ingester(settings, store), iso, on_ended=on_ended)
+        runner = Runner(settings, store, Ingester(settings, store), iso)
+        app = cls(settings, store, runner, iso)  # before start: reconciling may end jobs
         try:
             await runner.start()
-            app = cls(settings, store, runner, iso)
-            holder.append(app)
             await app._record_policy()
         except BaseException:
-            await runner.shutdown()
+            with contextlib.suppress(Exception):  # keep the original error
+                await runner.shutdown()
             await store.close()
             raise
         log.info(
@@ -347,6 +343,7 @@ class App:
         start: int,
         *,
         live: bool,
+        ended: bool | None = None,
     ) -> tuple[list[Chunk], int, int]:
         """Mask contiguous chunks of one stream from byte ``start`` on, seen with context.
 
@@ -359,7 +356,8 @@ class App:
         base = max(0, start - CONTEXT_BYTES)
         around = await self.store.read_stream(job.id, stream, base, hi + CONTEXT_BYTES - base)
         run_base, data = _run_containing(around, group)
-        ended = job.status.is_terminal
+        if ended is None:
+            ended = job.status.is_terminal
         at_end = run_base + len(data) >= job.ingested(stream)
         r = redactor.window(
             data, start - run_base, hi - run_base, live=live and at_end and not ended,
@@ -421,7 +419,10 @@ class App:
                 if not chunks:
                     break
                 group = _contiguous(chunks)[0]
-                new, cut, _ = await self._mask_group(redactor, job, group, pos, live=False)
+                # The job's process has exited and all its output is stored: the end is final.
+                new, cut, _ = await self._mask_group(
+                    redactor, job, group, pos, live=False, ended=True
+                )
                 updates = []
                 for old, c in zip(group, new, strict=True):
                     data = c.data + old.data[len(c.data) :]  # the part past the cut: unchanged

@@ -83,8 +83,6 @@ class Runner:
         store: Store,
         ingester: Ingester,
         isolation: Isolation | None = None,
-        *,
-        on_ended: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -93,7 +91,9 @@ class Runner:
         self.isolation = isolation or Isolation(
             mode="none", network=True, writable=(), rlimits=(), env_allow=settings.env_allow
         )
-        self._on_ended = on_ended
+        #: Called with a job's id once its output is all stored and before its final status
+        #: (own jobs, and jobs of dead servers taken over): ``App`` masks stored output there.
+        self.on_ended: Callable[[str], Awaitable[None]] | None = None
         self.server_id = uuid.uuid4().hex[:12]
         self.boot_id = proctree.boot_id()
         self._hostname = socket.gethostname()
@@ -323,8 +323,8 @@ class Runner:
         await entry.started.wait()
         try:
             await self.ingester.finish(job_id)
-            if self._on_ended is not None:
-                await self._on_ended(job_id)
+            if self.on_ended is not None:
+                await self.on_ended(job_id)
         except Exception:  # the status must still be recorded
             log.exception("final_ingest_failed id=%s", job_id)
         try:
@@ -504,8 +504,8 @@ class Runner:
             if job.status is JobStatus.RUNNING and job.boot_id == self.boot_id:
                 await self._stop_tree(job, signal.SIGTERM, 0.5)
             await self.ingester.adopt(job)
-            if self._on_ended is not None:
-                await self._on_ended(job.id)
+            if self.on_ended is not None:
+                await self.on_ended(job.id)
             with contextlib.suppress(TransitionConflict):
                 await self.store.transition(
                     job.id,
