@@ -47,9 +47,7 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_audit_events_at"), ["at"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_events_job_id"), ["job_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_audit_events_kind_at"), ["kind", "at"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_audit_events_kind_at"), ["kind", "at"], unique=False)
 
 
 def downgrade() -> None:
