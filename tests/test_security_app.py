@@ -109,3 +109,25 @@ async def test_a_secret_at_the_very_end_is_masked_in_the_stored_copy(
     await secure_app.wait(job.id, 20)
     chunks = await secure_app.store.read_stream(job.id, Stream.STDOUT, 0, 1 << 20)
     assert b"".join(c.data for c in chunks) == b"password=********"
+
+
+@pytest.mark.parametrize("max_bytes", [7, 64, 1000])
+async def test_paging_in_small_pieces_never_shows_a_secret(
+    app: App, tmp_path: Path, max_bytes: int
+) -> None:
+    secrets = ["AKIAIOSFODNN7EXAMPLE", "ghp_" + "x1" * 18, "password=hunter22secret"]
+    script = "; ".join(f"echo 'line {i} {s} tail'" for i, s in enumerate(secrets * 20))
+    job = await app.execute(script, cwd=str(tmp_path))
+    await app.wait(job.id, 20)
+    pages, cursor = [], None
+    while True:
+        page = await app.output(job.id, cursor=cursor, max_bytes=max_bytes)
+        pages.append(page.text)
+        cursor = page.cursor
+        if page.end:
+            break
+    text = "".join(pages)
+    assert "IOSFODNN7EXAMPLE" not in text and "x1x1x1" not in text and "hunter22" not in text
+    whole = (await app.output(job.id)).text
+    assert text == whole
+    assert whole.count("AKIA****************") == 20

@@ -343,9 +343,11 @@ class App:
         start: int,
         *,
         live: bool,
+        limit: int | None = None,
         ended: bool | None = None,
     ) -> tuple[list[Chunk], int, int]:
-        """Mask contiguous chunks of one stream from byte ``start`` on, seen with context.
+        """Mask contiguous chunks of one stream from byte ``start`` on (at most ``limit`` bytes:
+        the rest of the chunks is dropped), seen with ``CONTEXT_BYTES`` before and after.
 
         Returns the chunks (bytes before ``start`` unchanged; bytes from the cut on removed),
         the cut (an offset: where the masked part ends), and how many secrets were masked.
@@ -353,19 +355,25 @@ class App:
         stream = group[0].stream
         lo, hi = group[0].offset, group[-1].end
         start = min(max(start, lo), hi)
-        base = max(0, start - CONTEXT_BYTES)
-        around = await self.store.read_stream(job.id, stream, base, hi + CONTEXT_BYTES - base)
+        stop = hi if limit is None else min(hi, start + limit)
+        length = max(job.ingested(stream), hi)
+        want_lo, want_hi = max(0, start - CONTEXT_BYTES), min(length, stop + CONTEXT_BYTES)
+        around = list(group)
+        if want_lo < lo:  # read only the context the chunks at hand do not cover
+            around += await self.store.read_stream(job.id, stream, want_lo, lo - want_lo)
+        if want_hi > hi:
+            around += await self.store.read_stream(job.id, stream, hi, want_hi - hi)
         run_base, data = _run_containing(around, group)
+        cut_lo, cut_hi = max(want_lo, run_base), min(want_hi, run_base + len(data))
+        data, run_base = data[cut_lo - run_base : cut_hi - run_base], cut_lo
         if ended is None:
             ended = job.status.is_terminal
-        at_end = run_base + len(data) >= job.ingested(stream)
-        r = redactor.window(
-            data, start - run_base, hi - run_base, live=live and at_end and not ended,
-            final=at_end and ended,
-        )  # fmt: skip
-        if r.end + run_base <= start and not (live and at_end and not ended):
+        holding = live and not ended and stop >= length
+        final = ended and run_base + len(data) >= length
+        r = redactor.window(data, start - run_base, stop - run_base, live=holding, final=final)
+        if r.end + run_base <= start and not holding:
             # A match longer than the context touches its end: mask what we have, go on.
-            r = redactor.window(data, start - run_base, hi - run_base, live=False, final=True)
+            r = redactor.window(data, start - run_base, stop - run_base, live=False, final=True)
         cut = run_base + r.end
         out = []
         for c in group:
@@ -382,6 +390,7 @@ class App:
         starts: Mapping[Stream, int] | None = None,
         *,
         hold: bool,
+        limit: int | None = None,
     ) -> tuple[list[Chunk], dict[Stream, int], int]:
         """Chunks with secrets masked (from ``starts`` on), seen with context around them.
 
@@ -399,9 +408,12 @@ class App:
             mine = sorted((c for c in chunks if c.stream is stream), key=lambda c: c.offset)
             for group in _contiguous(mine):
                 start = starts[stream] if starts is not None else group[0].offset
-                new, cut, n = await self._mask_group(redactor, job, group, start, live=hold)
+                new, cut, n = await self._mask_group(
+                    redactor, job, group, start, live=hold, limit=limit
+                )
                 count += n
-                held[stream] += max(0, group[-1].end - cut)
+                stop = group[-1].end if limit is None else min(group[-1].end, start + limit)
+                held[stream] += max(0, stop - cut)
                 masked.update(((stream, c.offset), c) for c in new)
         out = [masked[(c.stream, c.offset)] for c in chunks]
         return [c for c in out if c.data], held, count
@@ -495,7 +507,7 @@ class App:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
         else:
             chunks = await self.store.read_interleaved(job.id, pos, want)
-        chunks, held, redactions = await self._mask(job, chunks, pos, hold=True)
+        chunks, held, redactions = await self._mask(job, chunks, pos, hold=True, limit=want)
         lengths = {s: job.ingested(s) for s in Stream}
         result = decode_chunks(chunks, pos, max_bytes, lengths)
         if result[2] == 0 and chunks and max_bytes < 4:
