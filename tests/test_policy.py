@@ -208,6 +208,17 @@ BYPASSES: list[tuple[str, str | None]] = [
     ("python3 -c 'import os; os.system(\"rm -rf ~\")'", None),
     ("awk 'BEGIN{system(\"rm -rf /\")}'", None),
     ("node -e \"require('child_process').execSync('rm -rf /')\"", None),
+    # a second round of probing, beyond the first corpus
+    ("rm -rf {/,}", None),
+    ("rm -rf ~{,/}", None),
+    ("rm -rf ${HOME:-/}", None),
+    ("rm -rf ~root", None),
+    ("alias x='rm -rf /'; x", None),
+    (">/dev/sda", None),
+    ("printf '\\x72\\x6d -rf /' | sh", None),
+    ("echo -e '\\x72\\x6d -rf /' | sh", None),
+    ("truncate -s 0 /dev/sda", None),
+    ("r\\\nm -rf /", None),
     # exec hooks, remote commands
     ("tar cf /dev/null x --checkpoint=1 --checkpoint-action=exec='rm -rf /'", None),
     ("ssh host 'rm -rf /'", None),
@@ -342,6 +353,11 @@ LEGITIMATE: list[tuple[str, str | None]] = [
     ("awk '{print $1}' access.log | sort | uniq -c", None),
     ("sudo -u postgres psql -c 'select 1'", None),
     ("bash -o pipefail -c 'make 2>&1 | tee build.log'", None),
+    ("rm -rf {build,dist}/", "/home/dev/proj"),
+    ("rm -rf ${BUILD:-build}", "/home/dev/proj"),
+    ("alias ll='ls -la'", None),
+    ("> out.log", None),
+    ("printf 'a\\nb\\n' | sort", None),
 ]
 
 

@@ -116,10 +116,27 @@ _SHUTDOWN = frozenset({"shutdown", "reboot", "halt", "poweroff", "telinit", "kex
 _MKFS = re.compile(r"^(mkfs(\..+)?|mke2fs|mkswap|wipefs|mkntfs|mkdosfs|blkdiscard|sgdisk)$")
 
 
+_BRACE = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def _brace_expand(text: str, limit: int = 64) -> list[str]:
+    """``/{usr,etc}`` -> ``/usr``, ``/etc`` (bash expands unquoted braces; bounded)."""
+    out: list[str] = []
+    todo = [text]
+    while todo and len(out) + len(todo) <= limit:
+        cur = todo.pop()
+        m = _BRACE.search(cur)
+        if m is None:
+            out.append(cur)
+            continue
+        todo.extend(cur[: m.start()] + alt + cur[m.end() :] for alt in m.group(1).split(","))
+    return out + todo
+
+
 def _paths(word: Word) -> list[str]:
     """The word's possible values, lexically normalized, for path checks."""
     out = []
-    for v in word.values:
+    for v in (x for value in word.values for x in _brace_expand(value)):
         v = v.strip()
         if not v:
             continue
@@ -142,6 +159,8 @@ def _dangerous_target(word: Word) -> str | None:
         bare = p.rstrip("/") or "/"
         if bare in ("/", "~", "/*", "~/*", "/.*", "~/.*", "*/", "/..", "~/.."):
             return word.text
+        if re.fullmatch(r"~[\w.-]+(/\*|/\.\*)?", bare):
+            return word.text  # another user's home directory: ~root, ~alice/*
         parts = [x for x in bare.split("/") if x]
         if bare.startswith("/") and len(parts) == 1:
             return word.text  # a top-level directory or glob: /usr, /home, /x*, /.git
@@ -245,7 +264,8 @@ def _rule_block_device(cmd: SimpleCommand) -> str | None:
         for a in cmd.args:
             if a.text.startswith("of=") and _is_block_device(Word(a.text[3:])):
                 return a.text
-    if cmd.name in ("tee", "cp", "mv", "shred", "cat", "install", "pv", "ddrescue", "badblocks"):
+    if cmd.name in ("tee", "cp", "mv", "shred", "cat", "install", "pv", "ddrescue", "badblocks",
+                    "truncate", "fallocate"):  # fmt: skip
         for a in cmd.args:
             if _is_block_device(a) and (cmd.name != "cat" or a is cmd.args[-1]):
                 if cmd.name in ("cat", "pv"):
@@ -480,20 +500,17 @@ def _resolve(cmd: SimpleCommand, here: str | None, home: str | None) -> SimpleCo
         return cmd
     args = []
     for a in cmd.args:
-        t = a.text
-        if (
-            here is not None
-            and not a.dynamic
-            and t
-            and not t.startswith(("/", "~", "-"))
-            and ("=" not in t)
-        ):
-            t = posixpath.normpath(posixpath.join(here, t)) + ("/" if t.endswith("/") else "")
-        if home and home != "/":
-            h = home.rstrip("/")
-            if t == h or t.startswith(h + "/"):
-                t = "~" + t[len(h) :]
-        args.append(replace(a, text=t) if t != a.text else a)
+        braces = "{" in a.text and "," in a.text
+        for alt in _brace_expand(a.text) if braces else [a.text]:  # bash makes separate words
+            t = alt
+            relative = t and not t.startswith(("/", "~", "-")) and "=" not in t
+            if here is not None and not a.dynamic and relative:
+                t = posixpath.normpath(posixpath.join(here, t)) + ("/" if t.endswith("/") else "")
+            if home and home != "/":
+                h = home.rstrip("/")
+                if t == h or t.startswith(h + "/"):
+                    t = "~" + t[len(h) :]
+            args.append(Word(t, None, a.dynamic, a.substituted) if braces else replace(a, text=t))
     return replace(cmd, args=tuple(args))
 
 

@@ -278,7 +278,8 @@ class _Walker:
                 stdin_script = " ".join(w.text for w in words)
             else:
                 self.node(r, depth, via)
-        if body is None:
+        if body is None:  # `>/dev/sda` alone: a write without a command
+            self.emit(Word(":"), (), _text(n), depth, via, upstream, tuple(writes))
             return
         if body.type == "command":
             self.command(body, depth, via, upstream, extra, writes, stdin_script, _text(n))
@@ -466,6 +467,11 @@ class _Walker:
         if m and m[1] in self.vars:
             return Word(self.vars[m[1]])
         never_empty = bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*:?[?+].*", inner, re.S))
+        default = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*):?[-=](.*)", inner, re.S)
+        if default is not None:  # ${VAR:-default}: the default when VAR is unset or empty
+            if default[1] in self.vars and self.vars[default[1]]:
+                return Word(self.vars[default[1]])
+            return Word(text, _unescape_word(default[2].strip("'\"")), dynamic=True)
         name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", inner)
         shown = "$" + name[0] if name and m else text
         return Word(shown, None if never_empty else "", dynamic=True)
@@ -484,7 +490,10 @@ class _Walker:
         kids = n.named_children
         for a, b in itertools.pairwise(kids):
             gap = n.text[a.end_byte - n.start_byte : b.start_byte - n.start_byte] if n.text else b""
-            if b"\n" in gap.replace(b"\\\n", b""):
+            joined = gap.replace(b"\\\n", b"")
+            if b"\n" in joined or (gap and not joined):
+                # a line break tree-sitter folded into the words, or `r\<newline>m`, which bash
+                # reads as one word (`rm`) and tree-sitter as two
                 self.a.problems.append(
                     Problem("misparse", "a line break inside one command's words", _text(n))
                 )
@@ -534,8 +543,9 @@ class _Walker:
         if any(w.dynamic for w in words):
             return None
         if name in ("echo", "printf"):
+            # printf and `echo -e` (and dash's echo) turn \n, \x72, \0155 into characters
             text = " ".join(w.text for w in words if not w.text.startswith("-"))
-            return text.replace("\\n", "\n")
+            return _ansi_c(text)
         if name == "cat" and not words and n.type == "redirected_statement":
             for r in n.named_children:
                 if r.type == "heredoc_redirect":
@@ -648,6 +658,11 @@ def _unwrap(w: _Walker, cmd: SimpleCommand, depth: int) -> None:
         rest = args[_strip_options(args, _SSH_VALUE_OPTS) + 1 :]  # after the host
         if rest:
             w.script(" ".join(a.text for a in rest), depth + 1, (*via, "ssh remote"))
+        return
+    elif name == "alias":
+        for a in args:  # `alias ll='rm -rf /'`: the value runs wherever the name is used
+            if "=" in a.text:
+                _payload(w, Word(a.text.split("=", 1)[1], dynamic=a.dynamic), depth, via)
         return
     elif name == "trap" and args and not args[0].text.startswith("-"):
         _payload(w, args[0], depth, via)  # the handler runs later, as shell code
