@@ -305,6 +305,9 @@ def _rule_shutdown(cmd: SimpleCommand) -> str | None:
     if cmd.name == "systemctl" and {"poweroff", "reboot", "halt", "kexec", "suspend"} & set(args):
         return "systemctl " + next(a for a in args if a in ("poweroff", "reboot", "halt",
                                                             "kexec", "suspend"))  # fmt: skip
+    for w in cmd.writes:
+        if w.text in ("/proc/sysrq-trigger", "/proc/sys/kernel/sysrq"):
+            return f"> {w.text}"
     if cmd.name == "kill" and args and args[-1] == "-1":
         return "kill -1 (every process)"
     if cmd.name == "kill" and args and args[-1] in ("1",):
@@ -324,25 +327,54 @@ class BuiltinRule:
     id: str
     description: str
     check: Callable[[SimpleCommand], str | None]
+    paths: bool = False  # judges operands as paths: relative ones are resolved against the cwd
 
 
 BUILTIN_RULES: tuple[BuiltinRule, ...] = (
     BuiltinRule("builtin:rm-root", "recursive removal of /, a top-level directory, ~ or $HOME",
-                _rule_rm_root),
+                _rule_rm_root, paths=True),
     BuiltinRule("builtin:recursive-unknown-target", "recursive rm/chmod of paths produced at "
-                "run time ($(...), xargs): they cannot be checked", _rule_unknown_target),
+                "run time ($(...), xargs): they cannot be checked", _rule_unknown_target,
+                paths=True),
     BuiltinRule("builtin:chmod-root", "recursive chmod/chown of / or a top-level directory",
-                _rule_chmod_root),
-    BuiltinRule("builtin:find-delete-root", "find -delete from / or ~", _rule_find_delete),
+                _rule_chmod_root, paths=True),
+    BuiltinRule("builtin:find-delete-root", "find -delete from / or ~", _rule_find_delete,
+                paths=True),
     BuiltinRule("builtin:mkfs", "creating a file system / wiping a device", _rule_mkfs),
     BuiltinRule("builtin:block-device-write", "writing to a block device", _rule_block_device),
     BuiltinRule("builtin:download-exec", "running downloaded or decoded code",
                 _rule_download_exec),
-    BuiltinRule("builtin:shutdown", "shutting down, rebooting, or killing every process",
-                _rule_shutdown),
+    BuiltinRule("builtin:shutdown", "shutting down, rebooting, crashing the kernel, or killing "
+                "every process", _rule_shutdown),
     BuiltinRule("builtin:unicode-command-name", "a command name with non-ASCII or invisible "
                 "characters (look-alike)", _rule_unicode_name),
 )  # fmt: skip
+
+
+def _downloaded_then_run(analysis: Analysis) -> tuple[str, SimpleCommand] | None:
+    """``curl URL -o x.sh && sh x.sh`` (or ``> x.sh``, ``wget -O x.sh``, then ``./x.sh``,
+    ``bash x.sh``, ``source x.sh``): a file a downloader wrote, run later in the same line."""
+    written: set[str] = set()
+    for cmd in analysis.commands:
+        if cmd.name in _DOWNLOADERS:
+            targets = [w.text for w in cmd.writes]
+            words = [a.text for a in cmd.args]
+            for flag in ("-o", "--output", "-O", "--output-document"):
+                if flag in words[:-1]:
+                    targets.append(words[words.index(flag) + 1])
+            targets += [w.split("=", 1)[1] for w in words if w.startswith(("--output=",
+                        "--output-document="))]  # fmt: skip
+            written.update(posixpath.basename(t) for t in targets if t and t != "-")
+            continue
+        if not written:
+            continue
+        runs = posixpath.basename(cmd.raw_name) if "/" in cmd.raw_name else None
+        if cmd.name in SHELLS or cmd.name in ("source", ".") or _is_interp(cmd.name):
+            operands = [a.text for a in cmd.args if not a.text.startswith("-")]
+            runs = posixpath.basename(operands[0]) if operands else runs
+        if runs in written:
+            return f"{runs} (downloaded, then run)", cmd
+    return None
 
 
 def _fork_bomb(analysis: Analysis) -> str | None:
@@ -426,9 +458,12 @@ class Policy:
             if self.builtin:
                 resolved = _resolve(cmd, here, home)
                 for rule in BUILTIN_RULES:
-                    hit = rule.check(resolved)
+                    hit = rule.check(resolved if rule.paths else cmd)
                     if hit is not None:
                         return _refuse(rule.id, hit, cmd, rule.description)
+        if self.builtin and (found := _downloaded_then_run(analysis)) is not None:
+            return _refuse("builtin:download-exec", found[0], found[1],
+                           "running a file downloaded in the same command line")  # fmt: skip
         if self.builtin:
             bomb = _fork_bomb(analysis)
             if bomb is not None:

@@ -244,6 +244,10 @@ class _Walker:
         value = self.word(value_node, depth, via) if value_node is not None else Word("")
         if name_node is not None and name_node.type == "variable_name":
             name = _text(name_node)
+            if name == "IFS":
+                self.a.problems.append(
+                    Problem("dynamic", "IFS changes how the shell splits words", _text(n))
+                )
             if value.dynamic:
                 self.vars.pop(name, None)
             else:
@@ -356,10 +360,11 @@ class _Walker:
                 stdin_script = " ".join(self.word(x, depth, via).text for x in c.named_children)
         if name_node is None:
             return  # only assignments: `FOO=1`
-        name_word = self.word(
-            name_node.named_children[0] if name_node.named_children else name_node, depth, via
-        )
-        args = tuple(self.word(a, depth, via) for a in args_nodes)
+        first = name_node.named_children[0] if name_node.named_children else name_node
+        words = [*self._split_words(first, depth, via)]
+        for a in args_nodes:
+            words.extend(self._split_words(a, depth, via))
+        name_word, args = words[0], tuple(words[1:])
         self.emit(
             name_word,
             args,
@@ -452,6 +457,16 @@ class _Walker:
             Problem("unknown-node", f"shell construct {kind!r} is not analysed", _text(n))
         )
         return Word(_text(n), None, dynamic=True)
+
+    def _split_words(self, n: Node, depth: int, via: tuple[str, ...]) -> list[Word]:
+        """An unquoted ``$x`` whose known value has spaces is several words to the shell
+        (``x="rm -rf /"; $x``)."""
+        word = self.word(n, depth, via)
+        if n.type in ("simple_expansion", "expansion") and not word.dynamic:
+            parts = word.text.split()
+            if len(parts) > 1:
+                return [Word(p) for p in parts]
+        return [word]
 
     def _expansion(self, n: Node, depth: int, via: tuple[str, ...]) -> Word:
         text = _text(n)
