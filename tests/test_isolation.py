@@ -124,3 +124,10 @@ def test_helper_landlock_confines_writes(tmp_path: Path) -> None:
 def test_landlock_unavailable_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(IsolationError, match="no Landlock"):
         detect(Settings(db=tmp_path / "db", isolation="landlock"))
+
+
+def test_a_limit_can_be_switched_off_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_BACKGROUND_JOB_LIMIT_MEMORY_BYTES", "none")
+    assert "data" not in dict(rlimits_of(Settings(db=tmp_path / "db")))

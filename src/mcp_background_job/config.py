@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     """Every knob of the server. Each field is also the env var ``MCP_BACKGROUND_JOB_<NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MCP_BACKGROUND_JOB_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="MCP_BACKGROUND_JOB_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        env_parse_none_str="none",  # MCP_BACKGROUND_JOB_LIMIT_MEMORY_BYTES=none: no limit
     )
 
     db: Annotated[Path, Field(description="SQLite database file.")] = Field(

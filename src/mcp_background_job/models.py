@@ -178,9 +178,11 @@ class AuditView(_Model):
     job_id: str | None = None
     command: str | None = Field(None, description="Secrets masked, capped at 2000 characters.")
     cwd: str | None = None
-    client_name: str | None = None
-    client_version: str | None = None
-    session_id: str | None = None
+    client_name: str | None = Field(None, description="Self-reported by the MCP client.")
+    client_version: str | None = Field(None, description="Self-reported by the MCP client.")
+    session_id: str | None = Field(
+        None, description="MCP session (handshake-era connections only; 2026-07-28 has none)."
+    )
     detail: dict[str, object]
 
     @classmethod
