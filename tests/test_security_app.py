@@ -131,3 +131,21 @@ async def test_paging_in_small_pieces_never_shows_a_secret(
     whole = (await app.output(job.id)).text
     assert text == whole
     assert whole.count("AKIA****************") == 20
+
+
+async def test_allow_with_audit_runs_the_command_and_records_what_was_not_verified(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        db=tmp_path / "jobs.db", subreaper=False, policy_unparseable="allow-with-audit"
+    )
+    app = await App.open(settings)
+    try:
+        job = await app.execute("$TOOL ok", cwd=str(tmp_path), env={"TOOL": "echo"})
+        await app.wait(job.id, 20)
+        assert (await app.output(job.id)).text == "ok\n"
+        (event,) = [e for e in (await app.audit(kind="execute")).events]
+        assert (event.decision, event.rule) == ("allowed", "unverifiable:dynamic")
+        assert "$TOOL" in str(event.detail["unverified"])
+    finally:
+        await app.close()
