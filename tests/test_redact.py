@@ -133,6 +133,9 @@ def test_live_end_holds_back_an_incomplete_secret_but_not_a_prompt() -> None:
     repl = R.window(b">>> ", 0, 4, live=True, final=False)
     assert repl.data == b">>> "
     assert R.window(b"password: hun", 0, 13, live=True, final=False).data == b""
+    for waiting in (b"[sudo] password for dev: ", b"Enter API token: ", b"Password: "):
+        shown = R.window(waiting, 0, len(waiting), live=True, final=False)
+        assert shown.data == waiting  # a prompt waiting for input is shown at once
 
 
 def test_unterminated_private_key_is_masked_to_the_end() -> None:

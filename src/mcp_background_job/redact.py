@@ -199,12 +199,24 @@ def _hold_back_from(data: bytes, end: int) -> int:
     line_start = max(tail.rfind(b"\n"), tail.rfind(b"\r")) + 1
     line = tail[line_start:]
     last = None
-    for m in _TRIGGERS.finditer(line):
+    for m in _KEYWORDS.finditer(line):
         last = m
-    if last is not None and line[last.end() :].strip(b" \t:=\"'{}[],").strip():
+    started = _SCHEME_VALUE if last is not None and last.group(0).lower() in (
+        b"bearer", b"basic") else _VALUE_STARTED  # fmt: skip
+    if last is not None and started.match(line, last.end()):
         word = max(line.rfind(b" ", 0, last.start()), line.rfind(b"\t", 0, last.start())) + 1
         hold = min(hold, lo + line_start + word)
     return hold
+
+
+#: Keywords whose value follows on the same line (``token: ab...``, ``Bearer ab...``).
+_KEYWORDS = re2.compile(
+    rb"(?i:password|passwd|passphrase|secret|token|api_?key|access_?key|bearer|basic)"
+)
+#: A value has started after the keyword: ``=x``, ``: x``, ``": "x`` or (Bearer) `` x``; not
+#: ``Password: `` or ``password for bob: ``, prompts that wait for input.
+_VALUE_STARTED = re.compile(rb"[\w-]{0,20}[\"']?\s{0,3}[=:]\s{0,3}[\"']?[^\s\"']")
+_SCHEME_VALUE = re.compile(rb"\s+\S")
 
 
 # --- terminal control sequences -----------------------------------------------------------------
