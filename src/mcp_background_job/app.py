@@ -7,21 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import re
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from .capture import Ingester
 from .config import Settings
-from .db import utcnow
-from .errors import InvalidRequest
-from .jobs import Chunk, Job, JobStatus, Stream
+from .db import AUDIT_KINDS, utcnow
+from .errors import InvalidRequest, PolicyRefused, RateLimited
+from .isolation import Isolation, detect
+from .jobs import AuditEvent, Chunk, Job, JobStatus, Stream
 from .models import (
+    AuditResult,
+    AuditView,
     InteractResult,
     JobView,
     ListResult,
@@ -31,6 +39,8 @@ from .models import (
     summary,
     view,
 )
+from .policy import Policy, ShellInput, Verdict, reads_commands_from_stdin
+from .redact import CONTEXT_BYTES, Redactor, strip_controls
 from .runner import Runner
 from .store import JobFilter, StatusChange, Store
 
@@ -48,28 +58,95 @@ PROGRESS_EVERY_S = 5.0
 _LABEL = re.compile(r"^[\w.:/@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
+#: Caller-given variables whose values are masked in that job's output.
+_SECRET_ENV = re.compile(
+    r"(?i)(TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|CREDENTIAL|AUTH)"
+)
+_AUDIT_COMMAND_MAX = 2000
+_REDACT_BATCH = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is calling, as the MCP client describes itself (self-reported, never verified)."""
+
+    name: str | None = None
+    version: str | None = None
+    session_id: str | None = None
+    protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    text: str
+    pos: dict[Stream, int]
+    covered: int
+    dropped: int
+    held: dict[Stream, int]
+    redactions: int
+
+
+class TokenBucket:
+    """Job creations: ``burst`` at once, then ``per_s`` per second."""
+
+    def __init__(self, burst: int, per_s: float, clock: Callable[[], float] = time.monotonic):
+        self.burst, self.per_s, self._clock = burst, per_s, clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> float:
+        """0.0 if a token was taken, else the seconds until one is available."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_s)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.per_s
 
 
 class App:
-    """A running server's jobs: the store, the ingester and the runner, wired together."""
+    """A running server's jobs: the store, the ingester and the runner, wired together, with the
+    security layer in front of them: policy, cwd roots, rate limit, audit, output redaction."""
 
-    def __init__(self, settings: Settings, store: Store, runner: Runner) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, runner: Runner, isolation: Isolation | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
+        self.isolation = isolation or runner.isolation
+        self.policy = policy_from(settings)
+        self.bucket = TokenBucket(settings.rate_limit_burst, settings.rate_limit_per_s)
+        self.redactor = Redactor()
+        self._shells: dict[str, ShellInput | None] = {}
+        runner.on_ended = self.redact_stored
 
     @classmethod
-    async def open(cls, settings: Settings) -> App:
-        """Migrate the database, reconcile what dead servers left, and start capturing."""
+    async def open(cls, settings: Settings, isolation: Isolation | None = None) -> App:
+        """Check the isolation works here, migrate the database, reconcile what dead servers
+        left, start capturing, and record the policy in force in the audit log."""
+        iso = isolation if isolation is not None else await asyncio.to_thread(detect, settings)
         store = Store(settings.db, writer_nice=settings.storage_nice)
         await store.open()
-        runner = Runner(settings, store, Ingester(settings, store))
+        runner = Runner(settings, store, Ingester(settings, store), iso)
+        app = cls(settings, store, runner, iso)  # before start: reconciling may end jobs
         try:
             await runner.start()
+            await app._record_policy()
         except BaseException:
+            with contextlib.suppress(Exception):  # keep the original error
+                await runner.shutdown()
             await store.close()
             raise
-        return cls(settings, store, runner)
+        log.info(
+            "security_policy mode=%s builtin_deny=%s isolation=%s network=%s",
+            settings.policy_mode,
+            settings.policy_builtin_deny,
+            iso.mode,
+            iso.network,
+        )
+        return app
 
     async def close(self) -> None:
         """Stop running jobs (recorded as killed: server shutdown), store output, close the DB."""
@@ -94,6 +171,7 @@ class App:
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         labels: Sequence[str] = (),
+        client: Client | None = None,
     ) -> JobView:
         if not command.strip():
             raise InvalidRequest(
@@ -122,14 +200,251 @@ class App:
                 raise InvalidRequest(
                     f"label {label!r} is not valid: use 1-64 letters, digits or . _ : / @ + -"
                 )
+        resolved = str(workdir.resolve())
+        verdict = await self._admit(command, resolved, client)
         job = await self.runner.submit(
             command,
-            cwd=str(workdir.resolve()),
+            cwd=resolved,
             env=dict(env or {}),
             labels=list(labels),
             timeout_s=timeout_s,
         )
+        detail: dict[str, object] = {
+            "isolation": self.isolation.mode,
+            "limits": dict(self.isolation.rlimits),
+            "timeout_s": job.timeout_s,
+            "env_keys": sorted(env or {}),
+        }
+        if verdict.audit_note:
+            detail["unverified"] = verdict.audit_note
+        await self._audit("execute", client, command=command, cwd=resolved, job_id=job.id,
+                          verdict=verdict, detail=detail)  # fmt: skip
         return self._view(job)
+
+    async def _admit(self, command: str, cwd: str, client: Client | None) -> Verdict:
+        """Rate limit, cwd roots, isolation's cwd rule, then the command policy. A refusal is
+        recorded in the audit log and raised; nothing is spawned."""
+        wait_s = self.bucket.take()
+        if wait_s > 0:
+            await self._audit("rate_limited", client, command=command, cwd=cwd,
+                              detail={"retry_after_s": round(wait_s, 3)})  # fmt: skip
+            raise RateLimited(
+                wait_s, self.settings.rate_limit_burst, self.settings.rate_limit_per_s
+            )
+        roots = self.settings.allowed_cwd_roots
+        if roots and not any(Path(cwd).is_relative_to(r) for r in roots):
+            verdict = Verdict(
+                "refused", "cwd-roots", cwd,
+                f"Refused by rule cwd-roots: cwd {cwd!r} is outside the allowed roots "
+                f"({', '.join(map(str, roots))}). Pass a cwd inside one of them. Nothing was run.",
+            )  # fmt: skip
+        elif (why := self.isolation.check_cwd(cwd)) is not None:
+            verdict = Verdict("refused", f"isolation:{self.isolation.mode}", cwd, why)
+        else:
+            verdict = self.policy.check(command, cwd=cwd, home=str(Path.home()))
+        if not verdict.allowed:
+            await self._audit("execute", client, command=command, cwd=cwd, verdict=verdict)
+            log.info("job_refused rule=%s", verdict.rule)
+            raise PolicyRefused(verdict.message, rule=verdict.rule, matched=verdict.matched)
+        return verdict
+
+    async def _audit(
+        self,
+        kind: str,
+        client: Client | None,
+        *,
+        command: str | None = None,
+        cwd: str | None = None,
+        job_id: str | None = None,
+        verdict: Verdict | None = None,
+        detail: Mapping[str, object] | None = None,
+    ) -> None:
+        c = client or Client()
+        await self.store.record_audit(
+            AuditEvent(
+                kind=kind,
+                server_id=self.runner.server_id,
+                decision=verdict.decision if verdict else None,
+                rule=verdict.rule if verdict else None,
+                matched=audit_text(self.redactor, verdict.matched) if verdict else None,
+                job_id=job_id,
+                command=audit_text(self.redactor, command) if command is not None else None,
+                cwd=cwd,
+                client_name=c.name,
+                client_version=c.version,
+                session_id=c.session_id,
+                detail={**(detail or {}), **({"protocol": c.protocol} if c.protocol else {})},
+            )
+        )
+
+    async def _record_policy(self) -> None:
+        """One ``policy_loaded`` event per start, saying whether the policy changed."""
+        described = {**self.policy.describe(), **self.isolation.describe()}
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+        last = await self.store.list_audit(kind="policy_loaded", limit=1)
+        previous = last[0].detail.get("digest") if last else None
+        described.update(
+            {
+                "digest": digest,
+                "previous_digest": previous,
+                "changed": previous is not None and previous != digest,
+                "redact_output": self.settings.redact_output,
+                "store_redacted": self.settings.store_redacted,
+                "allowed_cwd_roots": [str(r) for r in self.settings.allowed_cwd_roots],
+                "rate_limit": [self.settings.rate_limit_burst, self.settings.rate_limit_per_s],
+            }
+        )
+        await self._audit("policy_loaded", None, detail=described)
+
+    async def audit(
+        self,
+        limit: int = 50,
+        kind: str | None = None,
+        since: str | None = None,
+        job_id: str | None = None,
+        before_id: int | None = None,
+    ) -> AuditResult:
+        if not 1 <= limit <= 500:
+            raise InvalidRequest("limit must be between 1 and 500.")
+        if kind is not None and kind not in AUDIT_KINDS:
+            raise InvalidRequest(f"kind must be one of {', '.join(AUDIT_KINDS)}.")
+        events = await self.store.list_audit(
+            kind=kind,
+            since=parse_since(since) if since else None,
+            job_id=job_id,
+            limit=limit,
+            before_id=before_id,
+        )
+        more = len(events) == limit
+        return AuditResult(
+            events=[AuditView.of(e) for e in events],
+            next_before_id=events[-1].id if more and events else None,
+        )
+
+    def _shell_input(self, job: Job) -> ShellInput | None:
+        if job.status.is_terminal:
+            self._shells.pop(job.id, None)
+            return None
+        if job.id not in self._shells:
+            is_shell = reads_commands_from_stdin(job.command)
+            self._shells[job.id] = ShellInput(self.policy) if is_shell else None
+        return self._shells[job.id]
+
+    # --- redaction ------------------------------------------------------------------------
+
+    def _redactor_for(self, job: Job) -> Redactor:
+        values = [v.encode() for k, v in job.env.items() if _SECRET_ENV.search(k)]
+        return self.redactor.with_values(values)
+
+    async def _mask_group(
+        self,
+        redactor: Redactor,
+        job: Job,
+        group: Sequence[Chunk],
+        start: int,
+        *,
+        live: bool,
+        limit: int | None = None,
+        ended: bool | None = None,
+    ) -> tuple[list[Chunk], int, int]:
+        """Mask contiguous chunks of one stream from byte ``start`` on (at most ``limit`` bytes:
+        the rest of the chunks is dropped), seen with ``CONTEXT_BYTES`` before and after.
+
+        Returns the chunks (bytes before ``start`` unchanged; bytes from the cut on removed),
+        the cut (an offset: where the masked part ends), and how many secrets were masked.
+        """
+        stream = group[0].stream
+        lo, hi = group[0].offset, group[-1].end
+        start = min(max(start, lo), hi)
+        stop = hi if limit is None else min(hi, start + limit)
+        length = max(job.ingested(stream), hi)
+        want_lo, want_hi = max(0, start - CONTEXT_BYTES), min(length, stop + CONTEXT_BYTES)
+        around = list(group)
+        if want_lo < lo:  # read only the context the chunks at hand do not cover
+            around += await self.store.read_stream(job.id, stream, want_lo, lo - want_lo)
+        if want_hi > hi:
+            around += await self.store.read_stream(job.id, stream, hi, want_hi - hi)
+        run_base, data = _run_containing(around, group)
+        cut_lo, cut_hi = max(want_lo, run_base), min(want_hi, run_base + len(data))
+        data, run_base = data[cut_lo - run_base : cut_hi - run_base], cut_lo
+        if ended is None:
+            ended = job.status.is_terminal
+        holding = live and not ended and stop >= length
+        final = ended and run_base + len(data) >= length
+        r = redactor.window(data, start - run_base, stop - run_base, live=holding, final=final)
+        if r.end + run_base <= start and not holding:
+            # A match longer than the context touches its end: mask what we have, go on.
+            r = redactor.window(data, start - run_base, stop - run_base, live=False, final=True)
+        cut = run_base + r.end
+        out = []
+        for c in group:
+            head = c.data[: max(0, start - c.offset)]
+            lo_m, hi_m = max(c.offset, start), min(c.end, cut)
+            body = r.data[lo_m - start : hi_m - start] if hi_m > lo_m else b""
+            out.append(Chunk(stream, c.offset, head + body))
+        return out, cut, sum(r.hits.values())
+
+    async def _mask(
+        self,
+        job: Job,
+        chunks: Sequence[Chunk],
+        starts: Mapping[Stream, int] | None = None,
+        *,
+        hold: bool,
+        limit: int | None = None,
+    ) -> tuple[list[Chunk], dict[Stream, int], int]:
+        """Chunks with secrets masked (from ``starts`` on), seen with context around them.
+
+        With ``hold``, a running job's trailing, possibly incomplete secret is held back (cut
+        off; a later read returns it whole). Returns the chunks in their order, the bytes held
+        back per stream, and how many secrets were masked.
+        """
+        held = {s: 0 for s in Stream}
+        if not self.settings.redact_output or not chunks:
+            return list(chunks), held, 0
+        redactor = self._redactor_for(job)
+        masked: dict[tuple[Stream, int], Chunk] = {}
+        count = 0
+        for stream in Stream:
+            mine = sorted((c for c in chunks if c.stream is stream), key=lambda c: c.offset)
+            for group in _contiguous(mine):
+                start = starts[stream] if starts is not None else group[0].offset
+                new, cut, n = await self._mask_group(
+                    redactor, job, group, start, live=hold, limit=limit
+                )
+                count += n
+                stop = group[-1].end if limit is None else min(group[-1].end, start + limit)
+                held[stream] += max(0, stop - cut)
+                masked.update(((stream, c.offset), c) for c in new)
+        out = [masked[(c.stream, c.offset)] for c in chunks]
+        return [c for c in out if c.data], held, count
+
+    async def redact_stored(self, job_id: str) -> None:
+        """Mask secrets in an ended job's stored output in place (``store_redacted``)."""
+        if not self.settings.store_redacted:
+            return
+        job = await self.store.get_job(job_id, events=False)
+        redactor = self._redactor_for(job)
+        for stream in Stream:
+            pos, end = 0, job.ingested(stream)
+            while pos < end:
+                chunks = await self.store.read_stream(
+                    job.id, stream, pos, _REDACT_BATCH, whole_rows=True
+                )
+                if not chunks:
+                    break
+                group = _contiguous(chunks)[0]
+                # The job's process has exited and all its output is stored: the end is final.
+                new, cut, _ = await self._mask_group(
+                    redactor, job, group, pos, live=False, ended=True
+                )
+                updates = []
+                for old, c in zip(group, new, strict=True):
+                    data = c.data + old.data[len(c.data) :]  # the part past the cut: unchanged
+                    if data != old.data:
+                        updates.append((old.offset, data))
+                await self.store.rewrite_chunks(job.id, stream, updates)
+                pos = max(cut, pos + 1) if cut > pos else group[-1].end
 
     async def list_jobs(
         self,
@@ -169,35 +484,43 @@ class App:
         job = await self.store.get_job(job_id, events=False)
         pos = parse_cursor(cursor, job)
         streams = list(Stream) if stream == "both" else [Stream(stream)]
-        text, pos, covered, dropped = await self._read(job, streams, pos, max_bytes)
-        # Nothing covered: at most the start of a character the job has not finished writing.
-        more = covered > 0 and any(pos[s] < job.ingested(s) for s in streams)
+        read = await self._read(job, streams, pos, max_bytes)
+        # Nothing covered: at most the start of a character (or of a secret) still being written.
+        more = read.covered > 0 and any(
+            read.pos[s] < job.ingested(s) - read.held[s] for s in streams
+        )
         return OutputResult(
             job_id=job.id,
             stream=stream,
-            text=text,
-            cursor=format_cursor(pos),
-            bytes=covered,
+            text=read.text,
+            cursor=format_cursor(read.pos),
+            bytes=read.covered,
             more=more,
             end=job.status.is_terminal and not more,
-            dropped_bytes=dropped,
+            dropped_bytes=read.dropped,
+            held_back_bytes=sum(read.held[s] for s in streams),
+            redactions=read.redactions,
             status=job.status,
         )
 
     async def _read(
         self, job: Job, streams: list[Stream], pos: dict[Stream, int], max_bytes: int
-    ) -> tuple[str, dict[Stream, int], int, int]:
+    ) -> _Read:
+        """Output from ``pos`` on: masked, held back where a secret may be incomplete, decoded,
+        control sequences stripped."""
         want = max(max_bytes, 4)  # enough for one whole character
         if len(streams) == 1:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
         else:
             chunks = await self.store.read_interleaved(job.id, pos, want)
+        chunks, held, redactions = await self._mask(job, chunks, pos, hold=True, limit=want)
         lengths = {s: job.ingested(s) for s in Stream} if job.status.is_terminal else None
         result = decode_chunks(chunks, pos, max_bytes, lengths)
         if result[2] == 0 and chunks and max_bytes < 4:
             # Below one character: read the whole character rather than make no progress.
             result = decode_chunks(chunks, pos, 4, lengths)
-        return result
+        text, new_pos, covered, dropped = result
+        return _Read(strip_controls(text), new_pos, covered, dropped, held, redactions)
 
     async def tail(
         self, job_id: str, lines: int = 50, stream: StreamChoice = "stdout"
@@ -217,6 +540,7 @@ class App:
             if lines
             else []
         )
+        chunks, _held, redactions = await self._mask(job, chunks, hold=True)
         data = b"".join(c.data for c in chunks)
         body = data[:-1] if data.endswith(b"\n") else data
         parts = body.split(b"\n")
@@ -230,33 +554,60 @@ class App:
         return TailResult(
             job_id=job.id,
             stream=stream,
-            text=text_bytes.decode("utf-8", "replace"),
+            text=strip_controls(text_bytes.decode("utf-8", "replace")),
             lines=found if text_bytes else 0,
             truncated=truncated,
+            redactions=redactions,
             status=job.status,
         )
 
     async def interact(
-        self, job_id: str, input: str, wait_s: float = 1.0, eof: bool = False
+        self,
+        job_id: str,
+        input: str,
+        wait_s: float = 1.0,
+        eof: bool = False,
+        client: Client | None = None,
     ) -> InteractResult:
         if not 0 <= wait_s <= MAX_WAIT_S:
             raise InvalidRequest(f"wait_s must be between 0 and {MAX_WAIT_S}.")
         job = await self._job(job_id)
         data = input.encode()
         written = self.runner.ingester.written(job.id) or {s: job.ingested(s) for s in Stream}
+        # The size, never the content: input may be a password typed into a prompt.
+        facts: dict[str, object] = {"bytes": len(data), "eof": eof}
+        shell = self._shell_input(job)
+        if shell is not None and job.status is JobStatus.RUNNING:
+            # A shell reading stdin runs what is typed: check it like a command line.
+            verdict = shell.check(input, eof=eof, cwd=job.cwd, home=str(Path.home()))
+            facts["shell_input"] = True
+            if not verdict.allowed:
+                await self._audit("interact", client, job_id=job.id, verdict=verdict,
+                                  detail=facts)  # fmt: skip
+                raise PolicyRefused(
+                    verdict.message.replace("Nothing was run.", "Nothing was written."),
+                    rule=verdict.rule,
+                    matched=verdict.matched,
+                )
+            if verdict.audit_note:
+                facts["unverified"] = verdict.audit_note
         await self.runner.send_input(job, data, eof=eof)
+        if shell is not None:
+            shell.accept(input, eof=eof)
         log.info("job_input id=%s bytes=%d eof=%s", job.id, len(data), eof)
+        await self._audit("interact", client, job_id=job.id, detail=facts)
         ended = await self.runner.wait_end(job.id, wait_s)
         await self.runner.flush(job.id)
         job = await self.store.get_job(job.id, events=False)
         pos = {s: await self._char_start(job.id, s, at) for s, at in written.items()}
-        text, pos, _, _ = await self._read(job, list(Stream), pos, MAX_READ_BYTES)
+        read = await self._read(job, list(Stream), pos, MAX_READ_BYTES)
         return InteractResult(
             job_id=job.id,
             bytes_written=len(data),
             eof_sent=eof,
-            output=text,
-            cursor=format_cursor(pos),
+            output=read.text,
+            cursor=format_cursor(read.pos),
+            redactions=read.redactions,
             status=job.status,
             ended=ended,
         )
@@ -308,14 +659,21 @@ class App:
         await self.runner.send_input(job, data, eof=eof)
 
     async def kill(
-        self, job_id: str, signal_name: str = "TERM", grace_s: float | None = None
+        self,
+        job_id: str,
+        signal_name: str = "TERM",
+        grace_s: float | None = None,
+        client: Client | None = None,
     ) -> JobView:
         sig = parse_signal(signal_name)
         grace = self.settings.kill_grace_s if grace_s is None else grace_s
         if not 0 <= grace <= 300:
             raise InvalidRequest("grace_s must be between 0 and 300 seconds.")
         job_id = await self.store.resolve_id(job_id)
-        return self._view(await self.runner.kill(job_id, sig, grace))
+        job = await self.runner.kill(job_id, sig, grace)
+        facts = {"signal": sig.name, "grace_s": grace, "status": job.status}
+        await self._audit("kill", client, job_id=job_id, detail=facts)
+        return self._view(job)
 
     async def wait(
         self, job_id: str, timeout_s: float = 30.0, progress: ProgressFn | None = None
@@ -347,6 +705,46 @@ class App:
 
 
 # --- pure helpers --------------------------------------------------------------------------
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy.from_patterns(
+        mode=settings.policy_mode,
+        allow=settings.policy_allow,
+        deny=settings.policy_deny,
+        builtin=settings.policy_builtin_deny,
+        unparseable=settings.policy_unparseable,
+    )
+
+
+def audit_text(redactor: Redactor, text: str) -> str:
+    """A command for the audit log: secrets masked, control characters escaped, capped."""
+    masked, _ = redactor.redact(text.encode("utf-8", "surrogateescape"))
+    out = masked.decode("utf-8", "replace")
+    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in out)
+    if len(out) > _AUDIT_COMMAND_MAX:
+        out = out[:_AUDIT_COMMAND_MAX] + f"... [{len(out) - _AUDIT_COMMAND_MAX} more characters]"
+    return out
+
+
+def _contiguous(chunks: Sequence[Chunk]) -> list[list[Chunk]]:
+    """Chunks of one stream (in offset order) grouped into runs without gaps."""
+    groups: list[list[Chunk]] = []
+    for c in chunks:
+        if groups and groups[-1][-1].end == c.offset:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    return groups
+
+
+def _run_containing(around: Sequence[Chunk], group: Sequence[Chunk]) -> tuple[int, bytes]:
+    """The contiguous bytes of ``around`` (context reads) that include ``group``: (offset, data)."""
+    lo, hi = group[0].offset, group[-1].end
+    for run in _contiguous(sorted(around, key=lambda c: c.offset)):
+        if run[0].offset <= lo and run[-1].end >= hi:
+            return run[0].offset, b"".join(c.data for c in run)
+    return lo, b"".join(c.data for c in group)  # the context could not be read: the group alone
 
 
 def format_cursor(pos: Mapping[Stream, int]) -> str:

@@ -12,10 +12,24 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+PolicyMode = Literal["deny-list", "allow-list"]
+UnparseableAction = Literal["refuse", "allow-with-audit"]
+IsolationMode = Literal["none", "rlimits", "landlock", "bwrap"]
+
+#: Variables of the server's environment that jobs get (plus what the caller passes); everything
+#: else -- tokens, keys, the server's own settings -- stays out of jobs' reach.
+DEFAULT_ENV_ALLOW = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL",
+    "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME",
+    "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "VIRTUAL_ENV", "PYTHONPATH",
+    "GOPATH", "GOROOT", "CARGO_HOME", "RUSTUP_HOME", "JAVA_HOME", "NVM_DIR", "PNPM_HOME",
+)  # fmt: skip
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -55,7 +69,11 @@ class Settings(BaseSettings):
     """Every knob of the server. Each field is also the env var ``MCP_BACKGROUND_JOB_<NAME>``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="MCP_BACKGROUND_JOB_", frozen=True, extra="forbid", validate_default=True
+        env_prefix="MCP_BACKGROUND_JOB_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+        env_parse_none_str="none",  # MCP_BACKGROUND_JOB_LIMIT_MEMORY_BYTES=none: no limit
     )
 
     db: Annotated[Path, Field(description="SQLite database file.")] = Field(
@@ -147,10 +165,121 @@ class Settings(BaseSettings):
             return parse_size(value)
         return value
 
+    # --- command policy (see policy.py) ----------------------------------------------------
+    policy_mode: Annotated[
+        PolicyMode,
+        Field(description="deny-list: run what no deny rule matches; allow-list: run only what "
+              "an allow rule matches (and no deny rule)."),
+    ] = "deny-list"  # fmt: skip
+    policy_allow: Annotated[
+        tuple[str, ...],
+        Field(description="Allow patterns (JSON list): glob over a normalized simple command, "
+              "e.g. \"git *\", \"make\", \"pytest *\"; prefix re: for a regular expression."),
+    ] = ()  # fmt: skip
+    policy_deny: Annotated[
+        tuple[str, ...], Field(description="Extra deny patterns (JSON list), same syntax.")
+    ] = ()
+    policy_builtin_deny: Annotated[
+        bool, Field(description="Apply the built-in deny rules (destructive, download-and-run).")
+    ] = True
+    policy_unparseable: Annotated[
+        UnparseableAction,
+        Field(description="Deny-list mode: what to do with a command the parser cannot fully "
+              "understand (allow-list mode always refuses it)."),
+    ] = "refuse"  # fmt: skip
+    allowed_cwd_roots: Annotated[
+        tuple[Path, ...],
+        Field(description="If set (JSON list), a job's cwd must be inside one of these."),
+    ] = ()
+
+    # --- isolation and resource limits (see isolation.py) -----------------------------------
+    isolation: Annotated[
+        IsolationMode,
+        Field(description="none | rlimits | landlock | bwrap; refused at start-up if this "
+              "machine cannot provide it."),
+    ] = "rlimits"  # fmt: skip
+    isolation_network: Annotated[
+        bool, Field(description="landlock/bwrap: let jobs open network connections.")
+    ] = False
+    isolation_writable: Annotated[
+        tuple[Path, ...],
+        Field(description="landlock/bwrap: writable paths besides the job's cwd (JSON list)."),
+    ] = ()
+    env_allow: Annotated[
+        tuple[str, ...],
+        Field(description="Server variables passed on to jobs (JSON list); others are not."),
+    ] = DEFAULT_ENV_ALLOW
+    limit_memory_bytes: Annotated[
+        int | None, Field(ge=16 * MiB, description="RLIMIT_DATA per process of a job.")
+    ] = 8 * GiB
+    limit_address_space_bytes: Annotated[
+        int | None,
+        Field(ge=16 * MiB, description="RLIMIT_AS per process (breaks JVM, Go, Node if low)."),
+    ] = None
+    limit_cpu_s: Annotated[int | None, Field(ge=1, description="RLIMIT_CPU per process.")] = None
+    limit_processes: Annotated[
+        int | None,
+        Field(ge=8, description="RLIMIT_NPROC: processes of the user (ignored for root)."),
+    ] = 4096
+    limit_file_size_bytes: Annotated[
+        int | None,
+        Field(ge=MiB, description="RLIMIT_FSIZE: largest file a job writes (stdout too)."),
+    ] = None
+    rate_limit_burst: Annotated[
+        int, Field(ge=1, le=100_000, description="Jobs that may be created at once.")
+    ] = 60
+    rate_limit_per_s: Annotated[
+        float, Field(gt=0, le=100_000, description="Sustained job creations per second.")
+    ] = 5.0
+
+    # --- output redaction (see redact.py) ---------------------------------------------------
+    redact_output: Annotated[
+        bool, Field(description="Mask well-known secret formats in output returned to clients.")
+    ] = True
+    store_redacted: Annotated[
+        bool,
+        Field(description="Also mask them in the database (default: stored raw, masked on read)."),
+    ] = False
+
     @field_validator("db", "spool_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
+
+    @field_validator("allowed_cwd_roots", "isolation_writable")
+    @classmethod
+    def _absolute_paths(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        for path in value:
+            if not path.expanduser().is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
+        return tuple(Path(os.path.realpath(p.expanduser())) for p in value)
+
+    @field_validator("policy_allow", "policy_deny")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Compiled here so a malformed pattern stops the server at start-up (fail closed).
+        from .policy import compile_pattern
+
+        for pattern in value:
+            compile_pattern(pattern)
+        return value
+
+    @field_validator("env_allow")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not a variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.policy_mode == "allow-list" and not self.policy_allow:
+            raise ValueError(
+                "policy_mode is allow-list but policy_allow is empty: nothing could run. "
+                'Set MCP_BACKGROUND_JOB_POLICY_ALLOW to a JSON list such as ["git *", "make *"].'
+            )
+        return self
 
     @property
     def spool_path(self) -> Path:

@@ -186,6 +186,41 @@ class OutputChunkRow(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+#: Kinds of audit events; a CHECK constraint keeps the column to these.
+AUDIT_KINDS = ("execute", "kill", "interact", "rate_limited", "policy_loaded")
+
+
+class AuditEventRow(Base):
+    """A security-relevant event: who asked for what, and what the server decided.
+
+    Never holds environment values or job input; commands are redacted and length-capped.
+    ``client_*`` come from the MCP client and are self-reported.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({', '.join(repr(k) for k in AUDIT_KINDS)})", name="kind"),
+        CheckConstraint("decision IN ('allowed', 'refused') OR decision IS NULL", name="decision"),
+        Index(None, "at"),
+        Index(None, "kind", "at"),
+        Index(None, "job_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    server_id: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    decision: Mapped[str | None] = mapped_column(String)
+    rule: Mapped[str | None] = mapped_column(String)
+    matched: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String)
+    command: Mapped[str | None] = mapped_column(Text)
+    cwd: Mapped[str | None] = mapped_column(Text)
+    client_name: Mapped[str | None] = mapped_column(String)
+    client_version: Mapped[str | None] = mapped_column(String)
+    session_id: Mapped[str | None] = mapped_column(String)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
 metadata = Base.metadata
 
 

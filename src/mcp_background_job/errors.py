@@ -5,7 +5,10 @@
     ├── JobNotFound           no job has that id
     ├── JobStateError         the job's state does not allow it: stdin of a finished job, ...
     ├── TransitionConflict    a guarded status change lost a race (the status was not expected)
-    └── StorageError          the database cannot be used: newer schema, failed migration, ...
+    ├── StorageError          the database cannot be used: newer schema, failed migration, ...
+    ├── PolicyRefused         the command policy refused a command (names the rule and match)
+    ├── RateLimited           too many jobs created too fast (says when to retry)
+    └── IsolationError        the configured isolation cannot work on this machine (start-up)
 
 Every message says what was wrong and what to do instead: the MCP layer passes it on as is.
 """
@@ -42,3 +45,27 @@ class TransitionConflict(BackgroundJobError):
 
 class StorageError(BackgroundJobError):
     """The database cannot be opened, migrated or used."""
+
+
+class PolicyRefused(BackgroundJobError):
+    """The command policy refused the command; nothing was spawned."""
+
+    def __init__(self, message: str, *, rule: str, matched: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.matched = matched
+
+
+class RateLimited(BackgroundJobError):
+    """Job creation is over the configured rate; ``retry_after_s`` says when a token is back."""
+
+    def __init__(self, retry_after_s: float, burst: int, per_s: float) -> None:
+        super().__init__(
+            f"Rate limit: at most {burst} jobs at once and {per_s:g} per second after that. "
+            f"Retry in {retry_after_s:.1f} s, or combine commands into one job."
+        )
+        self.retry_after_s = retry_after_s
+
+
+class IsolationError(BackgroundJobError):
+    """The configured isolation mode is not available here; the message says how to fix it."""

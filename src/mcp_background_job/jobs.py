@@ -188,3 +188,28 @@ class ServerInstance:
     hostname: str
     started_at: datetime
     stopped_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A security-relevant event as recorded (``id`` and ``at`` are set by the store).
+
+    ``kind``: execute | kill | interact | rate_limited | policy_loaded. ``decision``/``rule``/
+    ``matched``: the policy's answer for an execute. ``client_*``/``session_id``: what the MCP
+    client said about itself (self-reported). ``detail``: small JSON-able facts, never secrets.
+    """
+
+    kind: str
+    server_id: str
+    decision: str | None = None
+    rule: str | None = None
+    matched: str | None = None
+    job_id: str | None = None
+    command: str | None = None
+    cwd: str | None = None
+    client_name: str | None = None
+    client_version: str | None = None
+    session_id: str | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+    id: int | None = None
+    at: datetime | None = None

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ from .capture import Ingester
 from .config import Settings
 from .db import utcnow
 from .errors import JobStateError, TransitionConflict
+from .isolation import Isolation
 from .jobs import (
     ACTIVE,
     REASON_LOST,
@@ -75,10 +76,23 @@ class _Running:
 class Runner:
     """Runs this server's jobs and keeps their rows true."""
 
-    def __init__(self, settings: Settings, store: Store, ingester: Ingester) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        ingester: Ingester,
+        isolation: Isolation | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.ingester = ingester
+        # No isolation given (unit tests of the runner): plain `sh -c`, explicit environment.
+        self.isolation = isolation or Isolation(
+            mode="none", network=True, writable=(), rlimits=(), env_allow=settings.env_allow
+        )
+        #: Called with a job's id once its output is all stored and before its final status
+        #: (own jobs, and jobs of dead servers taken over): ``App`` masks stored output there.
+        self.on_ended: Callable[[str], Awaitable[None]] | None = None
         self.server_id = uuid.uuid4().hex[:12]
         self.boot_id = proctree.boot_id()
         self._hostname = socket.gethostname()
@@ -224,7 +238,9 @@ class Runner:
 
     async def _start(self, job: Job) -> Job:
         """Spawn a queued job; returns it as it now stands (running, or failed to start)."""
-        env = {**os.environ, **job.env, proctree.MARKER: job.id}
+        # An explicit environment: the server's secrets do not reach jobs (see isolation.py).
+        env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
+        argv = self.isolation.argv(job.shell, job.command, job.cwd)
         try:
             writers = self.ingester.create_spool(job.id)
         except OSError as exc:
@@ -235,7 +251,7 @@ class Runner:
             # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
             # background grandchild can hold forever. Popen spawns with vfork: it is quick.
             popen = subprocess.Popen(  # noqa: ASYNC220
-                [job.shell, "-c", job.command],
+                argv,
                 stdin=stdin_r,
                 stdout=writers[Stream.STDOUT],
                 stderr=writers[Stream.STDERR],
@@ -316,6 +332,8 @@ class Runner:
         await entry.started.wait()
         try:
             await self.ingester.finish(job_id)
+            if self.on_ended is not None:
+                await self.on_ended(job_id)
         except Exception:  # the status must still be recorded
             log.exception("final_ingest_failed id=%s", job_id)
         try:
@@ -488,6 +506,8 @@ class Runner:
             if job.status is JobStatus.RUNNING and job.boot_id == self.boot_id:
                 await self._stop_tree(job, signal.SIGTERM, 0.5)
             await self.ingester.adopt(job)
+            if self.on_ended is not None:
+                await self.on_ended(job.id)
             with contextlib.suppress(TransitionConflict):
                 await self.store.transition(
                     job.id,

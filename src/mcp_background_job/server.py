@@ -36,11 +36,20 @@ from mcp.server.subscriptions import (
 )
 from pydantic import Field
 
-from .app import MAX_READ_BYTES, MAX_TAIL_LINES, App
+from .app import MAX_READ_BYTES, MAX_TAIL_LINES, App, Client
 from .config import Settings
 from .errors import BackgroundJobError
+from .isolation import Isolation
 from .jobs import JobStatus
-from .models import InteractResult, JobView, ListResult, OutputResult, TailResult, WaitResult
+from .models import (
+    AuditResult,
+    InteractResult,
+    JobView,
+    ListResult,
+    OutputResult,
+    TailResult,
+    WaitResult,
+)
 from .store import StatusChange
 
 log = logging.getLogger(__name__)
@@ -202,15 +211,40 @@ def get_app(ctx: Context = CurrentContext()) -> App:
     return app
 
 
-def create_server(settings: Settings) -> FastMCP:
-    """A FastMCP server whose lifespan opens the database and runs the jobs."""
+def get_client(ctx: Context = CurrentContext()) -> Client:
+    """What the MCP client says about itself, for the audit log (self-reported).
+
+    Handshake-era connections carry clientInfo and a session; 2026-07-28 requests carry client
+    info in each request's envelope when the client sends it, and have no session.
+    """
+    name = version = session = protocol = None
+    try:
+        rc = ctx.request_context
+        if rc is not None:
+            protocol = getattr(rc, "protocol_version", None)
+            params = ctx.session.client_params
+            if params is not None and params.client_info is not None:
+                name, version = params.client_info.name, params.client_info.version
+            if protocol is None or str(protocol) < "2026-07-28":  # sessionless from then on
+                session = ctx.session_id
+    except (RuntimeError, AttributeError):  # no session (background task): record what we have
+        pass
+    return Client(name=name, version=version, session_id=session, protocol=protocol)
+
+
+def create_server(settings: Settings, isolation: Isolation | None = None) -> FastMCP:
+    """A FastMCP server whose lifespan opens the database and runs the jobs.
+
+    ``isolation``: already detected by the caller (the CLI checks it before serving, so an
+    unavailable mode is reported before any protocol traffic); detected here otherwise.
+    """
 
     apps: dict[str, App] = {}
     subscriptions = _Subscriptions()
 
     @asynccontextmanager
     async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
-        app = await App.open(settings)
+        app = await App.open(settings, isolation)
         apps["app"] = app
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(subscriptions.watch(app), name="watch")
@@ -289,11 +323,14 @@ def create_server(settings: Settings) -> FastMCP:
         ] = None,
         labels: Annotated[list[str], Field(description="Tags to find the job by later.")] = [],  # noqa: B006
         app: App = Depends(get_app),
+        client: Client = Depends(get_client),
     ) -> JobView:
         """Start COMMAND in the background and return at once with the job's id and status
         (running, or queued when the concurrency limit is reached). Output is kept in the
-        database: read it with tail/output, or wait for the job to end with wait."""
-        return await _call(app.execute(command, cwd, env, timeout_s, labels))
+        database: read it with tail/output, or wait for the job to end with wait.
+        The server's command policy may refuse a command: the error names the rule and the
+        part that matched, and nothing is run."""
+        return await _call(app.execute(command, cwd, env, timeout_s, labels, client))
 
     @mcp.tool(name="list", title="List jobs (history)", annotations=_READ)
     async def list_jobs(
@@ -360,10 +397,11 @@ def create_server(settings: Settings) -> FastMCP:
             bool, Field(description="Close stdin after writing (end of input, like Ctrl-D).")
         ] = False,
         app: App = Depends(get_app),
+        client: Client = Depends(get_client),
     ) -> InteractResult:
         """Write INPUT to the job's stdin and return the output that arrived within WAIT_S
         (sooner if the job ends). eof=true closes stdin."""
-        return await _call(app.interact(job_id, input, wait_s, eof))
+        return await _call(app.interact(job_id, input, wait_s, eof, client))
 
     @mcp.tool(
         title="Kill a job",
@@ -380,10 +418,11 @@ def create_server(settings: Settings) -> FastMCP:
             Field(ge=0, le=300, description="Seconds before SIGKILL; default from settings (5)."),
         ] = None,
         app: App = Depends(get_app),
+        client: Client = Depends(get_client),
     ) -> JobView:
         """Send SIGNAL to the job's whole process tree (children that left its process group
         too), SIGKILL whatever is left after GRACE_S, and return the final state."""
-        return await _call(app.kill(job_id, signal, grace_s))
+        return await _call(app.kill(job_id, signal, grace_s, client))
 
     @mcp.tool(title="Wait for a job", annotations=_READ)
     async def wait(
@@ -402,5 +441,26 @@ def create_server(settings: Settings) -> FastMCP:
             await ctx.report_progress(done, total, message)
 
         return await _call(app.wait(job_id, timeout_s, progress))
+
+    @mcp.tool(title="Security audit log", annotations=_READ)
+    async def audit(
+        limit: Annotated[int, Field(ge=1, le=500)] = 50,
+        kind: Annotated[
+            Literal["execute", "kill", "interact", "rate_limited", "policy_loaded"] | None,
+            Field(description="Only events of this kind."),
+        ] = None,
+        since: Annotated[
+            str | None, Field(description="Only events since: ISO time or an age like 30m, 2h.")
+        ] = None,
+        job_id: Annotated[str | None, Field(description="Only events about this job.")] = None,
+        before_id: Annotated[
+            int | None, Field(description="next_before_id of the previous page.")
+        ] = None,
+        app: App = Depends(get_app),
+    ) -> AuditResult:
+        """Security events newest first: each execute with the policy's decision and rule
+        (refusals too), kills, interacts (sizes only), rate-limit hits, and the policy loaded
+        at each server start. Client names are self-reported."""
+        return await _call(app.audit(limit, kind, since, job_id, before_id))
 
     return mcp

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Row,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -35,11 +36,20 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import db
-from .db import JobEventRow, JobLabelRow, JobRow, OutputChunkRow, ServerRow, utcnow
+from .db import (
+    AuditEventRow,
+    JobEventRow,
+    JobLabelRow,
+    JobRow,
+    OutputChunkRow,
+    ServerRow,
+    utcnow,
+)
 from .errors import InvalidRequest, JobNotFound, TransitionConflict
 from .jobs import (
     ACTIVE,
     TERMINAL,
+    AuditEvent,
     Chunk,
     EndCause,
     Job,
@@ -609,17 +619,22 @@ class Store:
         return layout, (top if top is not None else -1)
 
     async def read_stream(
-        self, job_id: str, stream: Stream, start: int, max_bytes: int
+        self, job_id: str, stream: Stream, start: int, max_bytes: int, *, whole_rows: bool = False
     ) -> list[Chunk]:
         """Stored bytes of one stream from ``start``, at most ``max_bytes``, as chunks in order.
 
         If ``start`` falls in a dropped gap, the result begins at the next stored chunk. Rows are
-        cut in SQL, so reading 64 KiB out of 1 MiB rows moves 64 KiB.
+        cut in SQL, so reading 64 KiB out of 1 MiB rows moves 64 KiB; ``whole_rows`` returns the
+        rows that cover the range uncut instead (to rewrite them).
         """
         c = OutputChunkRow
         base = and_(c.job_id == job_id, c.stream == stream)
-        piece = func.substr(
-            c.data, func.max(1, start - c.byte_offset + 1), min(max_bytes, _SQL_MAX)
+        piece = (
+            c.data
+            if whole_rows
+            else func.substr(
+                c.data, func.max(1, start - c.byte_offset + 1), min(max_bytes, _SQL_MAX)
+            )
         )
 
         def work(conn: Connection) -> list[Chunk]:
@@ -636,7 +651,11 @@ class Store:
             ).all()
             if not any(o + n > start for o, n, _ in rows):
                 rows = conn.execute(query.where(c.byte_offset > start).limit(1)).all()
-            return [Chunk(stream, max(o, start), d) for o, n, d in rows if o + n > start and d]
+            return [
+                Chunk(stream, o if whole_rows else max(o, start), d)
+                for o, n, d in rows
+                if o + n > start and d
+            ]
 
         return await self._query(work)
 
@@ -891,3 +910,94 @@ class Store:
             driver: Any = raw.driver_connection
             await driver.execute("VACUUM")
             await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- audit log ------------------------------------------------------------------------
+
+    async def record_audit(self, event: AuditEvent) -> AuditEvent:
+        """Append one audit event; returns it with its id and time."""
+        now = utcnow()
+        async with self._write() as conn:
+            result = await conn.execute(
+                insert(AuditEventRow).values(
+                    at=now,
+                    server_id=event.server_id,
+                    kind=event.kind,
+                    decision=event.decision,
+                    rule=event.rule,
+                    matched=event.matched,
+                    job_id=event.job_id,
+                    command=event.command,
+                    cwd=event.cwd,
+                    client_name=event.client_name,
+                    client_version=event.client_version,
+                    session_id=event.session_id,
+                    detail=json.dumps(event.detail, sort_keys=True, default=str),
+                )
+            )
+            new_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        return replace(event, id=new_id, at=now)
+
+    async def list_audit(
+        self,
+        *,
+        kind: str | None = None,
+        since: datetime | None = None,
+        job_id: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """Audit events newest first (page on with ``before_id`` = the last id returned)."""
+        a = AuditEventRow
+        query = select(a)
+        if kind is not None:
+            query = query.where(a.kind == kind)
+        if since is not None:
+            query = query.where(a.at >= since)
+        if job_id is not None:
+            query = query.where(a.job_id == job_id)
+        if before_id is not None:
+            query = query.where(a.id < before_id)
+        async with self._read() as conn:
+            rows = (await conn.execute(query.order_by(a.id.desc()).limit(limit))).all()
+        return [
+            AuditEvent(
+                kind=r.kind,
+                server_id=r.server_id,
+                decision=r.decision,
+                rule=r.rule,
+                matched=r.matched,
+                job_id=r.job_id,
+                command=r.command,
+                cwd=r.cwd,
+                client_name=r.client_name,
+                client_version=r.client_version,
+                session_id=r.session_id,
+                detail=json.loads(r.detail),
+                id=r.id,
+                at=r.at,
+            )
+            for r in rows
+        ]
+
+    async def rewrite_chunks(
+        self, job_id: str, stream: Stream, updates: Sequence[tuple[int, bytes]]
+    ) -> None:
+        """Replace the bytes of stored chunks (same offsets, same lengths: masked output)."""
+        if not updates:
+            return
+        c = OutputChunkRow
+        stmt = (
+            update(c)
+            .where(
+                c.job_id == bindparam("j"),
+                c.stream == bindparam("s"),
+                c.byte_offset == bindparam("o"),
+                func.length(c.data) == bindparam("n"),
+            )
+            .values(data=bindparam("d"))
+        )
+        async with self._write() as conn:
+            await conn.execute(
+                stmt,
+                [{"j": job_id, "s": stream, "o": o, "n": len(d), "d": d} for o, d in updates],
+            )
