@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,9 @@ class Isolation:
     env_allow: tuple[str, ...]
     bwrap: str | None = None
     landlock_abi: int = 0
+    #: util-linux ``prlimit``: sets limits and execs in ~1 ms, where the Python helper costs
+    #: ~11 ms of CPU per job (most of the cost of starting a short job); None: use the helper.
+    prlimit: str | None = None
 
     def describe(self) -> dict[str, object]:
         return {
@@ -66,9 +70,15 @@ class Isolation:
         inner = [shell, "-c", command]
         if self.mode == "none":
             return inner
-        helper = [sys.executable, "-I", "-S", str(HELPER)]
-        for name, value in self.rlimits:
-            helper += ["--rlimit", f"{name}={value}"]
+        if self.prlimit is not None and self.mode != "landlock":
+            helper = [
+                self.prlimit,
+                *(f"--{name}={value}" for name, value in _clamped(self.rlimits)),
+            ]
+        else:
+            helper = [sys.executable, "-I", "-S", str(HELPER)]
+            for name, value in self.rlimits:
+                helper += ["--rlimit", f"{name}={value}"]
         if self.mode == "landlock":
             helper += ["--ro", "/"]
             for path in (cwd, *_LANDLOCK_RW, *self.writable):
@@ -108,6 +118,25 @@ class Isolation:
         return None
 
 
+_RLIMIT_IDS = {
+    "data": resource.RLIMIT_DATA,
+    "as": resource.RLIMIT_AS,
+    "cpu": resource.RLIMIT_CPU,
+    "nproc": resource.RLIMIT_NPROC,
+    "fsize": resource.RLIMIT_FSIZE,
+}
+
+
+def _clamped(rlimits: tuple[tuple[str, int], ...]) -> list[tuple[str, int]]:
+    """Limits no higher than this process's hard limits (as the helper does): raising one
+    above it fails for an unprivileged user, and the job would not start."""
+    out = []
+    for name, value in rlimits:
+        hard = resource.getrlimit(_RLIMIT_IDS[name])[1]
+        out.append((name, value if hard == resource.RLIM_INFINITY else min(value, hard)))
+    return out
+
+
 def rlimits_of(settings: Settings) -> tuple[tuple[str, int], ...]:
     pairs = (
         ("data", settings.limit_memory_bytes),
@@ -127,6 +156,7 @@ def detect(settings: Settings) -> Isolation:
         writable=tuple(str(p) for p in settings.isolation_writable),
         rlimits=rlimits_of(settings) if settings.isolation != "none" else (),
         env_allow=settings.env_allow,
+        prlimit=shutil.which("prlimit"),
     )
     if iso.mode == "landlock":
         abi = _landlock_abi()
