@@ -98,3 +98,42 @@ def test_path_with_url_characters_opens_that_file(tmp_path: Path) -> None:
     _migrated(path)
     assert path.is_file()
     assert not (tmp_path / "aAb").exists()
+
+
+def test_upgrade_keeps_existing_jobs_and_their_rows(tmp_path: Path) -> None:
+    """0004 recreates the jobs table (batch mode): rows of tables that reference it survive
+    (foreign keys are off while it runs) and old jobs get the new columns' defaults."""
+    path = tmp_path / "jobs.db"
+    db.ensure_db_file(path)
+    engine = db.make_sync_engine(path)
+    with engine.connect() as conn:
+        cfg = db.alembic_config(conn)
+        with conn.begin():
+            command.upgrade(cfg, "0001")
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.executescript(
+        """
+        insert into servers values ('s1', 1, null, 'b', 'h', 'v', '2026-01-01 00:00:00', null);
+        insert into jobs (id, command, cwd, shell, env, status, created_at, owner_id,
+            stdout_bytes, stderr_bytes, stdout_stored, stderr_stored, stdout_dropped,
+            stderr_dropped)
+            values ('j1', 'true', '/', '/bin/sh', '{}', 'completed', '2026-01-01 00:00:00',
+            's1', 3, 0, 3, 0, 0, 0);
+        insert into job_events (job_id, at, to_status) values ('j1', '2026-01-01 00:00:00',
+            'queued');
+        insert into job_labels values ('j1', 'keep');
+        insert into output_chunks (job_id, stream, seq, byte_offset, data)
+            values ('j1', 'stdout', 0, 0, x'6869');
+        """
+    )
+    con.commit()
+    con.close()
+    _migrated(path)
+    con = sqlite3.connect(path)
+    assert con.execute("select pty, priority, run_anyway, rerun_of from jobs").fetchall() == [
+        (0, 0, 0, None)
+    ]
+    for table in ("job_events", "job_labels", "output_chunks"):
+        assert con.execute(f"select count(*) from {table}").fetchone() == (1,), table
+    con.close()
