@@ -213,22 +213,31 @@ class Runner:
         the server's."""
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
-        job = await self.store.create_job(
-            job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
-            command=command,
-            cwd=cwd,
-            shell=shell or self.settings.shell,
-            env=env,
-            labels=labels,
-            timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
-            owner_id=self.server_id,
-            options=options,
-        )
-        self._done[job.id] = asyncio.Event()
-        if not job.after and not self._queued:
+
+        async def create() -> Job:
+            job = await self.store.create_job(
+                job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
+                command=command,
+                cwd=cwd,
+                shell=shell or self.settings.shell,
+                env=env,
+                labels=labels,
+                timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
+                owner_id=self.server_id,
+                options=options,
+            )
+            self._done[job.id] = asyncio.Event()
+            return job
+
+        if not options.after and not self._queued:
+            # Created under the start lock: the scheduler, which starts jobs only under it,
+            # cannot start this one too before it is decided here.
             async with self._start_lock:
+                job = await create()
                 if not self._queued and len(self._running) < self.settings.max_concurrent:
                     return await self._start(job)
+        else:
+            job = await create()
         started = await self._schedule()
         return started.get(job.id) or await self.store.get_job(job.id)
 
