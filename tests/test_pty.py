@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mcp_background_job import ptyjob
 from mcp_background_job.app import App
 from mcp_background_job.errors import InvalidRequest, JobStateError
 from mcp_background_job.jobs import Job, JobStatus, Stream
@@ -221,3 +222,15 @@ async def _has_prompt(app: App, job_id: str) -> bool:
     await app.runner.flush(job_id)
     job = await app.store.get_job(job_id, events=False)
     return job.stdout_bytes + job.stderr_bytes >= len("intro\nName? ") + (1 if job.pty else 0)
+
+
+def test_a_closed_terminal_is_never_used_again() -> None:
+    """After close its descriptor numbers may name other files: nothing may touch them."""
+    term = ptyjob.Terminal(24, 80)
+    term.close()
+    term.close()
+    assert term.pump() is False
+    with pytest.raises(OSError, match="closed"):
+        term.pending_input()
+    with pytest.raises(OSError, match="closed"):
+        term.line_editing()

@@ -72,6 +72,7 @@ class Terminal:
             raise
         self._spool: int | None = None
         self.eof = False
+        self.closed = False
 
     def attach(self, spool_fd: int) -> None:
         """Append what the job writes to ``spool_fd`` (the terminal takes it over)."""
@@ -80,7 +81,7 @@ class Terminal:
     def pump(self) -> bool:
         """Move everything readable from the master to the spool file, without blocking.
         Returns False at end of file (EIO: no process has the slave open any more)."""
-        while not self.eof:
+        while not self.eof and not self.closed:
             try:
                 data = os.read(self.master, _READ_SIZE)
             except BlockingIOError:
@@ -109,20 +110,32 @@ class Terminal:
 
     def pending_input(self) -> int:
         """Bytes written to the job that it has not read yet (whole lines in canonical mode)."""
+        self._check_open()
         return unread_bytes(self.slave)
 
     def line_editing(self) -> bool:
         """True if the program switched canonical mode off (a line editor or full-screen
         program reading keys itself, e.g. readline, node, vim)."""
+        self._check_open()
         return not termios.tcgetattr(self.master)[3] & termios.ICANON
 
     def foreground_group(self) -> int | None:
+        self._check_open()
         try:
             return os.tcgetpgrp(self.master)
         except OSError:
             return None
 
+    def _check_open(self) -> None:
+        # After close the descriptor numbers may already name other files.
+        if self.closed:
+            raise OSError(errno.EBADF, "the terminal is closed")
+
     def close(self) -> None:
+        """Close both sides and the spool descriptor; later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
         for fd in (self.master, self.slave, self._spool):
             if fd is not None:
                 with contextlib.suppress(OSError):

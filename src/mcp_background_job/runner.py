@@ -150,10 +150,12 @@ class Runner:
         if self._closing:
             return
         self._closing = True
-        for task in list(self._tasks):
-            if task.get_name() != "ingest":
-                task.cancel()
-        async with self._start_lock:  # let a start in progress finish first
+        # A start in progress finishes first: cancelled between the spawn and the running row,
+        # a job would run while recorded as queued, and the next server would run it again.
+        async with self._start_lock:
+            for task in list(self._tasks):
+                if task.get_name() != "ingest":
+                    task.cancel()
             running = list(self._running)
         for job_id in running:
             with contextlib.suppress(Exception):
@@ -234,7 +236,11 @@ class Runner:
             # cannot start this one too before it is decided here.
             async with self._start_lock:
                 job = await create()
-                if not self._queued and len(self._running) < self.settings.max_concurrent:
+                if (
+                    not self._closing
+                    and not self._queued
+                    and len(self._running) < self.settings.max_concurrent
+                ):
                     return await self._start(job)
         else:
             job = await create()
@@ -447,9 +453,10 @@ class Runner:
 
     def _on_terminal_output(self, job_id: str) -> None:
         entry = self._running.get(job_id)
-        if entry is not None and entry.terminal is not None and not entry.terminal.pump():
+        terminal = entry.terminal if entry is not None else None
+        if terminal is not None and not terminal.closed and not terminal.pump():
             # End of file: nothing has the terminal open any more; the exit comes by pidfd.
-            asyncio.get_running_loop().remove_reader(entry.terminal.master)
+            asyncio.get_running_loop().remove_reader(terminal.master)
 
     def _on_timeout(self, job_id: str, cause: EndCause) -> None:
         self._spawn_task(self._timeout(job_id, cause), f"{cause}-{job_id}")
@@ -615,7 +622,7 @@ class Runner:
     def pump(self, job_id: str) -> None:
         """Move what a PTY job printed into its spool file now (reads want the latest)."""
         entry = self._running.get(job_id)
-        if entry is not None and entry.terminal is not None and not entry.terminal.eof:
+        if entry is not None and entry.terminal is not None:
             entry.terminal.pump()
 
     async def input_state(self, job_id: str) -> proctree.InputState | None:
