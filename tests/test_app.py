@@ -183,18 +183,22 @@ async def test_wait_reports_progress_and_timeout(app: App) -> None:
     assert r.finished and r.job.status is JobStatus.KILLED
 
 
-async def test_shutdown_kills_running_and_queued_jobs(tmp_path: Path) -> None:
+async def test_shutdown_kills_running_jobs_and_the_next_server_runs_queued_ones(
+    tmp_path: Path,
+) -> None:
     settings = Settings(db=tmp_path / "jobs.db", max_concurrent=1, subreaper=False)
     app = await App.open(settings)
     running = await app.execute("sleep 30")
-    queued = await app.execute("true")
+    queued = await app.execute("echo later")
     await app.close()
     app = await App.open(settings)
     try:
-        for v in (running, queued):
-            job = await app.store.get_job(v.id)
-            assert (job.status, job.reason) == (JobStatus.KILLED, "server shutdown")
+        job = await app.store.get_job(running.id)
+        assert (job.status, job.reason) == (JobStatus.KILLED, "server shutdown")
         assert not _alive(running.pid)
+        later = await _ended(app, queued.id)
+        assert (later.status, later.owner_id) == (JobStatus.COMPLETED, app.runner.server_id)
+        assert (await app.output(queued.id)).text == "later\n"
     finally:
         await app.close()
 

@@ -11,6 +11,7 @@ from mcp_background_job.jobs import (
     EndCause,
     JobStatus,
     decide_outcome,
+    dependency_failure,
     sources_of,
 )
 
@@ -39,6 +40,13 @@ def test_sources_of() -> None:
         (0, EndCause.KILL, JobStatus.KILLED, 0, None),  # caught TERM and exited cleanly
         (-9, EndCause.TIMEOUT, JobStatus.TIMED_OUT, None, "SIGKILL"),
         (-15, EndCause.SHUTDOWN, JobStatus.KILLED, None, "SIGTERM"),
+        (-15, EndCause.IDLE_TIMEOUT, JobStatus.TIMED_OUT, None, "SIGTERM"),
+        # Ctrl-C through interact: it counts only if the job died of it
+        (-2, EndCause.INTERRUPT, JobStatus.KILLED, None, "SIGINT"),
+        (-3, EndCause.INTERRUPT, JobStatus.KILLED, None, "SIGQUIT"),
+        (0, EndCause.INTERRUPT, JobStatus.COMPLETED, 0, None),  # a REPL that handled it
+        (130, EndCause.INTERRUPT, JobStatus.FAILED, 130, None),
+        (-15, EndCause.INTERRUPT, JobStatus.FAILED, None, "SIGTERM"),
     ],
 )
 def test_decide_outcome(
@@ -58,3 +66,32 @@ def test_decide_outcome(
 
 def test_shutdown_reason_is_stable() -> None:
     assert decide_outcome(-15, EndCause.SHUTDOWN).reason == "server shutdown"
+
+
+def test_reasons_for_idle_timeout_and_interrupt() -> None:
+    idle = decide_outcome(-15, EndCause.IDLE_TIMEOUT, 2.5)
+    assert idle.reason == "idle timeout: no output for 2.5 s; ended by signal SIGTERM"
+    ctrl_c = decide_outcome(-2, EndCause.INTERRUPT)
+    assert ctrl_c.reason == "interrupted by Ctrl-C sent with interact; ended by signal SIGINT"
+
+
+@pytest.mark.parametrize(
+    ("status", "exit_code", "signal", "reason", "text"),
+    [
+        (JobStatus.FAILED, 2, None, None, "dependency abc123def456 failed (exit code 2)"),
+        (JobStatus.FAILED, None, "SIGSEGV", "x", "dependency abc123def456 failed (signal SIGSEGV)"),
+        (
+            JobStatus.FAILED,
+            None,
+            None,
+            "lost: server exited",
+            "dependency abc123def456 failed (lost: server exited)",
+        ),
+        (JobStatus.KILLED, None, "SIGTERM", "r", "dependency abc123def456 was killed"),
+        (JobStatus.TIMED_OUT, None, "SIGTERM", "r", "dependency abc123def456 timed out"),
+    ],
+)
+def test_dependency_failure_names_the_dependency(
+    status: JobStatus, exit_code: int | None, signal: str | None, reason: str | None, text: str
+) -> None:
+    assert dependency_failure("abc123def456", status, exit_code, signal, reason) == text

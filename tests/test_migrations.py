@@ -46,9 +46,7 @@ def test_upgrade_downgrade_round_trip(tmp_path: Path) -> None:
     _migrated(path)
     engine = db.make_sync_engine(path)
     with engine.connect() as conn:
-        cfg = db.alembic_config(conn)
-        with conn.begin():
-            command.downgrade(cfg, "base")
+        db.migrate_to(conn, "base", downgrade=True)
         tables = {
             r[0] for r in conn.exec_driver_sql("select name from sqlite_master where type='table'")
         }
@@ -229,3 +227,42 @@ def downgrade():
         )
     finally:
         con.close()
+
+
+def test_upgrade_keeps_existing_jobs_and_their_rows(tmp_path: Path) -> None:
+    """0004 recreates the jobs table (batch mode): rows of tables that reference it survive
+    (foreign keys are off while it runs) and old jobs get the new columns' defaults."""
+    path = tmp_path / "jobs.db"
+    db.ensure_db_file(path)
+    engine = db.make_sync_engine(path)
+    with engine.connect() as conn:
+        cfg = db.alembic_config(conn)
+        with conn.begin():
+            command.upgrade(cfg, "0001")
+    engine.dispose()
+    con = sqlite3.connect(path)
+    con.executescript(
+        """
+        insert into servers values ('s1', 1, null, 'b', 'h', 'v', '2026-01-01 00:00:00', null);
+        insert into jobs (id, command, cwd, shell, env, status, created_at, owner_id,
+            stdout_bytes, stderr_bytes, stdout_stored, stderr_stored, stdout_dropped,
+            stderr_dropped)
+            values ('j1', 'true', '/', '/bin/sh', '{}', 'completed', '2026-01-01 00:00:00',
+            's1', 3, 0, 3, 0, 0, 0);
+        insert into job_events (job_id, at, to_status) values ('j1', '2026-01-01 00:00:00',
+            'queued');
+        insert into job_labels values ('j1', 'keep');
+        insert into output_chunks (job_id, stream, seq, byte_offset, data)
+            values ('j1', 'stdout', 0, 0, x'6869');
+        """
+    )
+    con.commit()
+    con.close()
+    _migrated(path)
+    con = sqlite3.connect(path)
+    assert con.execute("select pty, priority, run_anyway, rerun_of from jobs").fetchall() == [
+        (0, 0, 0, None)
+    ]
+    for table in ("job_events", "job_labels", "output_chunks"):
+        assert con.execute(f"select count(*) from {table}").fetchone() == (1,), table
+    con.close()

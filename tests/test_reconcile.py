@@ -1,5 +1,5 @@
-"""Start-up reconciliation: jobs of dead servers fail as lost (output kept, processes killed);
-jobs of live servers are never touched."""
+"""Start-up reconciliation: running jobs of dead servers fail as lost (output kept, processes
+killed), their queued jobs are claimed and run; jobs of live servers are never touched."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _server(sid: str, pid: int) -> ServerInstance:
     )
 
 
-async def test_dead_servers_jobs_are_failed_and_live_ones_left_alone(
+async def test_dead_servers_running_jobs_fail_queued_ones_run_live_ones_left_alone(
     settings: Settings, tmp_path: Path
 ) -> None:
     store = Store(settings.db)
@@ -64,8 +64,8 @@ async def test_dead_servers_jobs_are_failed_and_live_ones_left_alone(
         await store.register_server(srv, version="t")
     orphan = await _orphan_job(store, settings, dead, "aaa000000001")
     await store.create_job(
-        job_id="aaa000000002", command="x", cwd="/", shell="/bin/sh", env={}, labels=(),
-        timeout_s=None, owner_id=dead.id,
+        job_id="aaa000000002", command="echo adopted", cwd="/", shell="/bin/sh", env={},
+        labels=(), timeout_s=None, owner_id=dead.id,
     )  # fmt: skip
     await store.create_job(
         job_id="bbb000000001", command="x", cwd="/", shell="/bin/sh", env={}, labels=(),
@@ -80,11 +80,10 @@ async def test_dead_servers_jobs_are_failed_and_live_ones_left_alone(
         assert orphan.wait(timeout=5) is not None  # its process was killed
         tail = await app.tail("aaa000000001")
         assert tail.text == "written after the crash\n"
-        never_started = await app.store.get_job("aaa000000002")
-        assert (never_started.status, never_started.reason) == (
-            JobStatus.FAILED,
-            "lost: server exited",
-        )
+        assert await app.runner.wait_end("aaa000000002", 15)
+        adopted = await app.store.get_job("aaa000000002")
+        assert (adopted.status, adopted.owner_id) == (JobStatus.COMPLETED, app.runner.server_id)
+        assert (await app.output("aaa000000002")).text == "adopted\n"
         untouched = await app.store.get_job("bbb000000001")
         assert untouched.status is JobStatus.QUEUED and untouched.owner_id == live.id
         others = await app.store.servers_not_stopped(exclude=app.runner.server_id)
@@ -103,12 +102,16 @@ async def test_reused_pid_is_not_taken_for_the_server(settings: Settings) -> Non
     )
     await store.register_server(impostor, version="t")
     await store.create_job(
-        job_id="ccc000000001", command="x", cwd="/", shell="/bin/sh", env={}, labels=(),
+        job_id="ccc000000001", command="true", cwd="/", shell="/bin/sh", env={}, labels=(),
         timeout_s=None, owner_id=impostor.id,
     )  # fmt: skip
     await store.close()
     app = await App.open(settings)
     try:
-        assert (await app.store.get_job("ccc000000001")).status is JobStatus.FAILED
+        # The impostor's queued job was taken over (and run) by the new server.
+        job = await app.store.get_job("ccc000000001")
+        assert job.owner_id == app.runner.server_id
+        others = await app.store.servers_not_stopped(exclude=app.runner.server_id)
+        assert impostor.id not in [s.id for s in others]
     finally:
         await app.close()

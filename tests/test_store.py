@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from mcp_background_job.db import utcnow
 from mcp_background_job.errors import InvalidRequest, JobNotFound, TransitionConflict
-from mcp_background_job.jobs import JobStatus, ServerInstance, Stream
-from mcp_background_job.store import JobFilter, OutputBatch, Store
+from mcp_background_job.jobs import EndCause, JobOptions, JobStatus, ServerInstance, Stream
+from mcp_background_job.store import JobFilter, OutputBatch, QueueState, Store
 
 
 async def _server(store: Store, sid: str = "srv000000001") -> str:
@@ -176,3 +177,97 @@ async def test_claim_only_once(store: Store) -> None:
     await _server(store, "newowner0001")
     assert await store.claim(job.id, job.owner_id, "newowner0001")
     assert not await store.claim(job.id, job.owner_id, "newowner0001")
+
+
+# --- scheduling: priorities, dependencies, orphans -----------------------------------------
+
+
+async def _queued(store: Store, job_id: str, owner: str, **options: Any) -> None:
+    await store.create_job(
+        job_id=job_id, command="true", cwd="/", shell="/bin/sh", env={}, labels=(),
+        timeout_s=None, owner_id=owner, options=JobOptions(**options),
+    )  # fmt: skip
+
+
+async def _end(store: Store, job_id: str, status: JobStatus, **values: Any) -> None:
+    await store.transition(job_id, JobStatus.RUNNING, server_id="s")
+    await store.transition(job_id, status, server_id="s", values=values or None)
+
+
+async def test_queue_starts_highest_priority_first_then_oldest(store: Store) -> None:
+    me = await _server(store)
+    for job_id, priority in [("aaa1", 0), ("aaa2", 5), ("aaa3", 0), ("aaa4", 5), ("aaa5", -1)]:
+        await _queued(store, job_id.ljust(12, "0"), me, priority=priority)
+    state = await store.queue_state(me, limit=10)
+    assert [j.id[:4] for j in state.startable] == ["aaa2", "aaa4", "aaa1", "aaa3", "aaa5"]
+    assert state.queued == 5 and state.doomed == []
+    assert [j.id[:4] for j in (await store.queue_state(me, limit=2)).startable] == ["aaa2", "aaa4"]
+    assert (await store.queue_state(me, limit=0)).startable == []
+    other = await _server(store, "srv000000002")
+    assert (await store.queue_state(other, limit=10)).queued == 0  # only a server's own jobs
+
+
+async def test_dependencies_hold_a_job_until_they_end(store: Store) -> None:
+    me = await _server(store)
+    await _queued(store, "dep000000001", me)
+    await _queued(store, "dep000000002", me)
+    await _queued(store, "waiter000001", me, after=("dep000000001", "dep000000002"))
+    job = await store.get_job("waiter000001")
+    assert job.after == ("dep000000001", "dep000000002")
+    assert job.waiting_on == ("dep000000001", "dep000000002")
+
+    def startable(state: QueueState) -> list[str]:
+        return [j.id for j in state.startable]
+
+    assert startable(await store.queue_state(me, 10)) == ["dep000000001", "dep000000002"]
+    await _end(store, "dep000000001", JobStatus.COMPLETED, exit_code=0)
+    assert (await store.get_job("waiter000001")).waiting_on == ("dep000000002",)
+    assert "waiter000001" not in startable(await store.queue_state(me, 10))
+    await _end(store, "dep000000002", JobStatus.COMPLETED, exit_code=0)
+    assert startable(await store.queue_state(me, 10)) == ["waiter000001"]
+    assert (await store.get_job("waiter000001")).waiting_on == ()
+
+
+async def test_a_dependency_that_did_not_complete_dooms_the_job(store: Store) -> None:
+    me = await _server(store)
+    await _queued(store, "dep000000001", me)
+    await _queued(store, "dep000000002", me)
+    await _queued(store, "strict000001", me, after=("dep000000001", "dep000000002"))
+    await _queued(store, "lenient00001", me, after=("dep000000001",), run_anyway=True)
+    await _end(store, "dep000000001", JobStatus.FAILED, exit_code=2)
+    state = await store.queue_state(me, 10)
+    # doomed at once, without waiting for the other dependency
+    assert state.doomed == [("strict000001", "dependency dep000000001 failed (exit code 2)")]
+    assert [j.id for j in state.startable] == ["dep000000002", "lenient00001"]
+
+
+async def test_dependencies_must_exist(store: Store) -> None:
+    me = await _server(store)
+    with pytest.raises(InvalidRequest, match="after: no job with id 'nope00000000'"):
+        await _queued(store, "waiter000001", me, after=("nope00000000",))
+    with pytest.raises(JobNotFound):
+        await store.get_job("waiter000001")  # nothing was written
+
+
+async def test_orphaned_jobs(store: Store) -> None:
+    live, dead, stopped = [await _server(store, f"srv00000000{i}") for i in range(3)]
+    for owner in (live, dead, stopped):
+        await _queued(store, f"q{owner[-4:]}0000000", owner)
+        await _queued(store, f"r{owner[-4:]}0000000", owner)
+        await store.transition(f"r{owner[-4:]}0000000", JobStatus.RUNNING, server_id=owner)
+    await store.mark_server_stopped(stopped)
+    ids = [j.id for j in await store.orphaned_jobs([dead])]
+    # the dead server's jobs, and only the queued job of the server that stopped
+    assert sorted(ids) == sorted([f"q{dead[-4:]}0000000", f"r{dead[-4:]}0000000",
+                                  f"q{stopped[-4:]}0000000"])  # fmt: skip
+
+
+async def test_an_interrupt_note_gives_way_to_a_stop_request(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s")
+    job = await store.request_end("aaa000000001", EndCause.INTERRUPT)
+    assert job.end_cause is EndCause.INTERRUPT
+    job = await store.request_end("aaa000000001", EndCause.KILL)
+    assert job.end_cause is EndCause.KILL
+    for cause in (EndCause.INTERRUPT, EndCause.TIMEOUT):  # the first real cause stays
+        assert (await store.request_end("aaa000000001", cause)).end_cause is EndCause.KILL

@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from . import terminal
 from .capture import Ingester
 from .config import Settings
 from .db import AUDIT_KINDS, utcnow
-from .errors import InvalidRequest, PolicyRefused, RateLimited
+from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited
 from .isolation import Isolation, detect
-from .jobs import AuditEvent, Chunk, Job, JobStatus, Stream
+from .jobs import AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
 from .models import (
     AuditResult,
     AuditView,
@@ -34,6 +35,7 @@ from .models import (
     JobView,
     ListResult,
     OutputResult,
+    ReturnedBecause,
     TailResult,
     WaitResult,
     summary,
@@ -47,6 +49,9 @@ from .store import JobFilter, StatusChange, Store
 log = logging.getLogger(__name__)
 
 StreamChoice = Literal["stdout", "stderr", "both"]
+#: How reads show output: ``plain`` as a person would see it on a terminal (escape sequences
+#: removed, ``\r`` overwrites resolved), ``raw`` as written, ``auto`` plain for PTY jobs.
+RenderChoice = Literal["auto", "plain", "raw"]
 ProgressFn = Callable[[float, float, str], Awaitable[None]]
 
 #: The most text one read returns: bigger tool results choke clients (see docs/mcp notes).
@@ -103,6 +108,19 @@ class TokenBucket:
             self._tokens -= 1
             return 0.0
         return (1 - self._tokens) / self.per_s
+
+
+MAX_AFTER = 100
+MAX_KEYS = 100
+MAX_PRIORITY = 1000
+DEFAULT_INTERACT_WAIT_S = 10.0
+DEFAULT_SETTLE_S = 0.5
+#: How often interact looks for new output and at the job's state while it waits.
+_INTERACT_POLL_S = 0.05
+#: Text at the end of the new output that ``until`` is matched against.
+_UNTIL_WINDOW = 16384
+#: The longest unfinished line a wait without input shows again (a prompt is shorter).
+_PROMPT_LINE_MAX = 4096
 
 
 class App:
@@ -171,6 +189,16 @@ class App:
         env: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         labels: Sequence[str] = (),
+        pty: bool = False,
+        rows: int | None = None,
+        cols: int | None = None,
+        priority: int = 0,
+        after: Sequence[str] = (),
+        run_anyway: bool = False,
+        idle_timeout_s: float | None = None,
+        *,
+        rerun_of: str | None = None,
+        shell: str | None = None,
         client: Client | None = None,
     ) -> JobView:
         if not command.strip():
@@ -195,11 +223,35 @@ class App:
                 )
         if timeout_s is not None and timeout_s <= 0:
             raise InvalidRequest("timeout_s must be greater than 0 (or omitted for no timeout).")
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise InvalidRequest(
+                "idle_timeout_s must be greater than 0 (or omitted for no idle timeout)."
+            )
         for label in labels:
             if not _LABEL.match(label):
                 raise InvalidRequest(
                     f"label {label!r} is not valid: use 1-64 letters, digits or . _ : / @ + -"
                 )
+        if not pty and (rows is not None or cols is not None):
+            raise InvalidRequest("rows and cols set a terminal's size: they need pty=true.")
+        if rows is not None and not 2 <= rows <= 1000:
+            raise InvalidRequest("rows must be between 2 and 1000.")
+        if cols is not None and not 10 <= cols <= 1000:
+            raise InvalidRequest("cols must be between 10 and 1000.")
+        if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidRequest(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}.")
+        if len(after) > MAX_AFTER:
+            raise InvalidRequest(f"after can name at most {MAX_AFTER} jobs.")
+        options = JobOptions(
+            pty=pty,
+            rows=(rows or self.settings.pty_rows) if pty else None,
+            cols=(cols or self.settings.pty_cols) if pty else None,
+            priority=priority,
+            idle_timeout_s=idle_timeout_s,
+            after=tuple([await self._dependency(d) for d in after]),
+            run_anyway=run_anyway,
+            rerun_of=rerun_of,
+        )
         resolved = str(workdir.resolve())
         verdict = await self._admit(command, resolved, client)
         job = await self.runner.submit(
@@ -208,6 +260,8 @@ class App:
             env=dict(env or {}),
             labels=list(labels),
             timeout_s=timeout_s,
+            options=options,
+            shell=shell,
         )
         detail: dict[str, object] = {
             "isolation": self.isolation.mode,
@@ -446,6 +500,33 @@ class App:
                 await self.store.rewrite_chunks(job.id, stream, updates)
                 pos = max(cut, pos + 1) if cut > pos else group[-1].end
 
+    async def _dependency(self, job_id: str) -> str:
+        try:
+            return await self.store.resolve_id(job_id)
+        except JobNotFound:
+            raise InvalidRequest(
+                f"after: no job with id {job_id!r}. Give ids of existing jobs (see `list`)."
+            ) from None
+
+    async def rerun(self, job_id: str) -> JobView:
+        """A new job with the same command, cwd, env, labels, terminal, priority and timeouts
+        (not the dependencies: those have run); it records which job it reran."""
+        old = await self._job(job_id)
+        return await self.execute(
+            old.command,
+            old.cwd,
+            old.env,
+            old.timeout_s,
+            old.labels,
+            pty=old.pty,
+            rows=old.rows,
+            cols=old.cols,
+            priority=old.priority,
+            idle_timeout_s=old.idle_timeout_s,
+            rerun_of=old.id,
+            shell=old.shell,
+        )
+
     async def list_jobs(
         self,
         status: JobStatus | None = None,
@@ -476,15 +557,17 @@ class App:
         stream: StreamChoice = "stdout",
         cursor: str | None = None,
         max_bytes: int = MAX_READ_BYTES,
+        render: RenderChoice = "auto",
     ) -> OutputResult:
         if not 1 <= max_bytes <= MAX_READ_BYTES:
             raise InvalidRequest(f"max_bytes must be between 1 and {MAX_READ_BYTES}.")
         job_id = await self.store.resolve_id(job_id)
-        await self.runner.flush(job_id)
+        await self._flush(job_id)
         job = await self.store.get_job(job_id, events=False)
         pos = parse_cursor(cursor, job)
         streams = list(Stream) if stream == "both" else [Stream(stream)]
-        read = await self._read(job, streams, pos, max_bytes)
+        plain = _plain(job, render)
+        read = await self._read(job, streams, pos, max_bytes, plain)
         # Nothing covered: at most the start of a character (or of a secret) still being written.
         more = read.covered > 0 and any(
             read.pos[s] < job.ingested(s) - read.held[s] for s in streams
@@ -501,13 +584,24 @@ class App:
             held_back_bytes=sum(read.held[s] for s in streams),
             redactions=read.redactions,
             status=job.status,
+            render="plain" if plain else "raw",
         )
 
+    async def _flush(self, job_id: str) -> None:
+        self.runner.pump(job_id)
+        await self.runner.flush(job_id)
+
     async def _read(
-        self, job: Job, streams: list[Stream], pos: dict[Stream, int], max_bytes: int
+        self,
+        job: Job,
+        streams: list[Stream],
+        pos: dict[Stream, int],
+        max_bytes: int,
+        plain: bool = False,
     ) -> _Read:
         """Output from ``pos`` on: masked, held back where a secret may be incomplete, decoded,
-        control sequences stripped."""
+        control sequences stripped. ``plain``: rendered as a terminal shows it; an escape
+        sequence not complete yet is left for the next read."""
         want = max(max_bytes, 4)  # enough for one whole character
         if len(streams) == 1:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
@@ -515,15 +609,28 @@ class App:
             chunks = await self.store.read_interleaved(job.id, pos, want)
         chunks, held, redactions = await self._mask(job, chunks, pos, hold=True, limit=want)
         lengths = {s: job.ingested(s) for s in Stream} if job.status.is_terminal else None
-        result = decode_chunks(chunks, pos, max_bytes, lengths)
-        if result[2] == 0 and chunks and max_bytes < 4:
+        text, new, covered, dropped = decode_chunks(chunks, pos, max_bytes, lengths)
+        if covered == 0 and chunks and max_bytes < 4:
             # Below one character: read the whole character rather than make no progress.
-            result = decode_chunks(chunks, pos, 4, lengths)
-        text, new_pos, covered, dropped = result
-        return _Read(strip_controls(text), new_pos, covered, dropped, held, redactions)
+            text, new, covered, dropped = decode_chunks(chunks, pos, 4, lengths)
+        if not plain:
+            return _Read(strip_controls(text), new, covered, dropped, held, redactions)
+        if len(streams) == 1 and (lengths is None or new[streams[0]] < lengths[streams[0]]):
+            hold = terminal.incomplete_suffix(text)
+            if hold and "\ufffd" not in text[-hold:]:
+                size = len(text[-hold:].encode())
+                text = text[:-hold]
+                new[streams[0]] -= size
+                covered -= size
+        rendered = strip_controls(terminal.render(text, job.cols))
+        return _Read(rendered, new, covered, dropped, held, redactions)
 
     async def tail(
-        self, job_id: str, lines: int = 50, stream: StreamChoice = "stdout"
+        self,
+        job_id: str,
+        lines: int = 50,
+        stream: StreamChoice = "stdout",
+        render: RenderChoice = "auto",
     ) -> TailResult:
         if lines < 0:
             raise InvalidRequest("lines must be 0 or more (it counts lines from the end).")
@@ -532,7 +639,7 @@ class App:
                 f"lines must be at most {MAX_TAIL_LINES}; use `output` with a cursor to page."
             )
         job_id = await self.store.resolve_id(job_id)
-        await self.runner.flush(job_id)
+        await self._flush(job_id)
         job = await self.store.get_job(job_id, events=False)
         streams = list(Stream) if stream == "both" else [Stream(stream)]
         chunks = (
@@ -551,33 +658,82 @@ class App:
             text_bytes = text_bytes[-MAX_READ_BYTES:]
         if text_bytes and data.endswith(b"\n"):
             text_bytes += b"\n"
+        text = text_bytes.decode("utf-8", "replace")
+        plain = _plain(job, render)
+        if plain and text:
+            # Rendering can only merge lines (a cursor moved up): count what is shown.
+            text = terminal.render(text, job.cols)
+            found = text.count("\n") + (0 if text.endswith("\n") else 1)
+        text = strip_controls(text)
         return TailResult(
             job_id=job.id,
             stream=stream,
-            text=strip_controls(text_bytes.decode("utf-8", "replace")),
-            lines=found if text_bytes else 0,
+            text=text,
+            lines=found if text else 0,
             truncated=truncated,
             redactions=redactions,
             status=job.status,
+            render="plain" if plain else "raw",
         )
 
     async def interact(
         self,
         job_id: str,
-        input: str,
-        wait_s: float = 1.0,
+        input: str = "",
+        wait_s: float = DEFAULT_INTERACT_WAIT_S,
         eof: bool = False,
+        until: str | None = None,
+        settle_s: float = DEFAULT_SETTLE_S,
+        keys: Sequence[str] = (),
+        render: RenderChoice = "auto",
+        *,
         client: Client | None = None,
     ) -> InteractResult:
+        """Send ``input`` then ``keys`` (then end of input if ``eof``), and return the output
+        that follows once the program is ready again, or at the latest after ``wait_s``:
+
+        - ``until`` (a regex) matched the new output, read as plain text: ``prompt``;
+        - without ``until``: the kernel shows the job blocked reading its terminal or stdin
+          with all input read (twice in a row, output unchanged): ``waiting_for_input``;
+          or, for a program whose reads the kernel does not show (it was not seen waiting
+          before this call), output arrived and then nothing more for ``settle_s`` while no
+          process of the job was running on a CPU: ``quiet``;
+        - the job ended: ``ended``; else ``timeout``.
+
+        With nothing to send, the output starts at the beginning of the line the program is on,
+        so a prompt it printed before this call is shown (and ``until`` can match it).
+        """
         if not 0 <= wait_s <= MAX_WAIT_S:
             raise InvalidRequest(f"wait_s must be between 0 and {MAX_WAIT_S}.")
+        if not 0.05 <= settle_s <= MAX_WAIT_S:
+            raise InvalidRequest(f"settle_s must be between 0.05 and {MAX_WAIT_S}.")
+        if len(keys) > MAX_KEYS:
+            raise InvalidRequest(f"keys can hold at most {MAX_KEYS} keys per call.")
+        parsed = [terminal.parse_key(k) for k in keys]
+        pattern: re.Pattern[str] | None = None
+        if until is not None:
+            try:
+                pattern = re.compile(until, re.MULTILINE)
+            except re.error as exc:
+                raise InvalidRequest(
+                    f"until {until!r} is not a valid regular expression: {exc}."
+                ) from None
         job = await self._job(job_id)
         data = input.encode()
+        only_wait = not data and not parsed and not eof
+        if only_wait:
+            await self._flush(job.id)
+        else:
+            self.runner.pump(job.id)
         written = self.runner.ingester.written(job.id) or {s: job.ingested(s) for s in Stream}
+        start = await self._line_starts(job.id, written) if only_wait else written
+        before = await self.runner.input_state(job.id) if pattern is None else None
         # The size, never the content: input may be a password typed into a prompt.
         facts: dict[str, object] = {"bytes": len(data), "eof": eof}
+        if parsed:
+            facts["keys"] = len(parsed)
         shell = self._shell_input(job)
-        if shell is not None and job.status is JobStatus.RUNNING:
+        if shell is not None and job.status is JobStatus.RUNNING and not only_wait:
             # A shell reading stdin runs what is typed: check it like a command line.
             verdict = shell.check(input, eof=eof, cwd=job.cwd, home=str(Path.home()))
             facts["shell_input"] = True
@@ -591,26 +747,124 @@ class App:
                 )
             if verdict.audit_note:
                 facts["unverified"] = verdict.audit_note
-        await self.runner.send_input(job, data, eof=eof)
-        if shell is not None:
+        await self.runner.send_input(job, data, keys=parsed, eof=eof)
+        if shell is not None and not only_wait:
             shell.accept(input, eof=eof)
-        log.info("job_input id=%s bytes=%d eof=%s", job.id, len(data), eof)
-        await self._audit("interact", client, job_id=job.id, detail=facts)
-        ended = await self.runner.wait_end(job.id, wait_s)
-        await self.runner.flush(job.id)
+        log.info("job_input id=%s bytes=%d keys=%d eof=%s", job.id, len(data), len(parsed), eof)
+        if not only_wait:
+            await self._audit("interact", client, job_id=job.id, detail=facts)
+        reason = await self._await_ready(
+            job,
+            start,
+            wait_s,
+            pattern,
+            settle_s,
+            trusted=bool(before and before.waiting),
+            seen=written if start == written else None,
+        )
+        await self._flush(job.id)
         job = await self.store.get_job(job.id, events=False)
-        pos = {s: await self._char_start(job.id, s, at) for s, at in written.items()}
-        read = await self._read(job, list(Stream), pos, MAX_READ_BYTES)
+        pos = {s: await self._char_start(job.id, s, at) for s, at in start.items()}
+        streams = [Stream.STDOUT] if job.pty else list(Stream)
+        plain = _plain(job, render)
+        read = await self._read(job, streams, pos, MAX_READ_BYTES, plain)
         return InteractResult(
             job_id=job.id,
-            bytes_written=len(data),
+            bytes_written=len(data) + sum(len(k.data) for k in parsed),
             eof_sent=eof,
             output=read.text,
             cursor=format_cursor(read.pos),
             redactions=read.redactions,
+            more=read.covered > 0
+            and any(read.pos[s] < job.ingested(s) - read.held[s] for s in streams),
             status=job.status,
-            ended=ended,
+            ended=job.status.is_terminal,
+            returned_because=reason,
+            render="plain" if plain else "raw",
         )
+
+    async def _await_ready(
+        self,
+        job: Job,
+        start: dict[Stream, int],
+        wait_s: float,
+        pattern: re.Pattern[str] | None,
+        settle_s: float,
+        *,
+        trusted: bool,
+        seen: dict[Stream, int] | None,
+    ) -> ReturnedBecause:
+        """Wait as ``interact`` describes; returns why it stopped waiting.
+
+        ``start``: where the output to match and return begins. ``seen``: the output sizes
+        when the wait began; None counts what lies after ``start`` as new output at once.
+        ``trusted``: the job was seen waiting for input before the write, so the kernel shows
+        its reads and only that (not quiet output) means it is ready again.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        sizes = seen
+        last_change = loop.time()
+        got_output = False
+        ready_streak = 0
+        window = ""
+        window_pos: dict[Stream, int] | None = None
+        streams = [Stream.STDOUT] if job.pty else list(Stream)
+        while True:
+            left = deadline - loop.time()
+            if await self.runner.wait_end(job.id, max(0.0, min(_INTERACT_POLL_S, left))):
+                return "ended"
+            if left <= 0:
+                return "timeout"
+            self.runner.pump(job.id)
+            now_sizes = self.runner.ingester.written(job.id)
+            now = loop.time()
+            changed = now_sizes is not None and now_sizes != sizes
+            if changed:
+                sizes, last_change, got_output, ready_streak = now_sizes, now, True, 0
+            if pattern is not None:
+                if changed:
+                    await self.runner.flush(job.id)
+                    current = await self.store.get_job(job.id, events=False)
+                    if window_pos is None:
+                        window_pos = {
+                            s: await self._char_start(job.id, s, at) for s, at in start.items()
+                        }
+                    while True:
+                        read = await self._read(current, streams, window_pos, MAX_READ_BYTES)
+                        window_pos = read.pos
+                        window = (window + read.text)[-_UNTIL_WINDOW:]
+                        if read.covered < MAX_READ_BYTES:
+                            break
+                    if pattern.search(terminal.render(window, job.cols)):
+                        return "prompt"
+                continue
+            if now - last_change < _INTERACT_POLL_S:
+                continue
+            state = await self.runner.input_state(job.id)
+            if state is None:
+                continue
+            ready_streak = ready_streak + 1 if state.waiting else 0
+            if ready_streak >= 2:
+                return "waiting_for_input"
+            if not trusted and got_output and now - last_change >= settle_s and not state.busy:
+                return "quiet"
+
+    async def _line_starts(self, job_id: str, ends: dict[Stream, int]) -> dict[Stream, int]:
+        """Where the unfinished last line before ``ends`` begins, per stream (``ends`` itself
+        if that line is longer than a prompt, or not stored)."""
+        starts: dict[Stream, int] = {}
+        for stream, end in ends.items():
+            lo = max(0, end - _PROMPT_LINE_MAX)
+            chunks = await self.store.read_stream(job_id, stream, lo, end - lo)
+            data = b"".join(c.data for c in chunks)
+            if not chunks or chunks[0].offset > lo or chunks[0].offset + len(data) < end:
+                starts[stream] = end
+                continue
+            tail = data[lo - chunks[0].offset : end - chunks[0].offset]
+            cut = tail.rfind(b"\n")
+            starts[stream] = lo + cut + 1 if cut >= 0 or lo == 0 else end
+        return starts
 
     async def _char_start(self, job_id: str, stream: Stream, offset: int) -> int:
         """``offset``, moved back to the first byte of the UTF-8 character it falls inside."""
@@ -745,6 +999,10 @@ def _run_containing(around: Sequence[Chunk], group: Sequence[Chunk]) -> tuple[in
         if run[0].offset <= lo and run[-1].end >= hi:
             return run[0].offset, b"".join(c.data for c in run)
     return lo, b"".join(c.data for c in group)  # the context could not be read: the group alone
+
+
+def _plain(job: Job, render: RenderChoice) -> bool:
+    return render == "plain" or (render == "auto" and job.pty)
 
 
 def format_cursor(pos: Mapping[Stream, int]) -> str:

@@ -135,6 +135,14 @@ class Ingester:
                 return None
         return sizes
 
+    def last_write(self, job_id: str) -> float | None:
+        """When the job last wrote output (newest spool file change, epoch seconds)."""
+        times = []
+        for path in spool_paths(self._dir, job_id).values():
+            with contextlib.suppress(OSError):
+                times.append(path.stat().st_mtime)
+        return max(times) if times else None
+
     # --- ingestion ------------------------------------------------------------------------
 
     async def run(self) -> None:

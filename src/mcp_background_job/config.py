@@ -95,6 +95,12 @@ class Settings(BaseSettings):
             "output are kept and the middle is dropped (counted).",
         ),
     ] = 64 * MiB
+    pty_rows: Annotated[
+        int, Field(ge=2, le=1000, description="Terminal rows of PTY jobs that set none.")
+    ] = 24
+    pty_cols: Annotated[
+        int, Field(ge=10, le=1000, description="Terminal columns of PTY jobs that set none.")
+    ] = 120
     default_timeout_s: Annotated[
         float | None, Field(gt=0, description="Timeout for jobs started without timeout_s.")
     ] = None

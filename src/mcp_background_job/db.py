@@ -28,6 +28,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     URL,
+    Boolean,
     CheckConstraint,
     Connection,
     DateTime,
@@ -44,6 +45,8 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    false,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -143,6 +146,26 @@ class JobRow(Base):
     stderr_stored: Mapped[int] = mapped_column(Integer, default=0)
     stdout_dropped: Mapped[int] = mapped_column(Integer, default=0)
     stderr_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    # Interactive jobs and scheduling (migration 0004).
+    pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    term_rows: Mapped[int | None] = mapped_column(Integer)
+    term_cols: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    idle_timeout_s: Mapped[float | None] = mapped_column(Float)
+    run_anyway: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    rerun_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+
+
+class JobDependencyRow(Base):
+    """``job_id`` stays queued until ``depends_on`` has ended (and fails if it did not complete,
+    unless the job has ``run_anyway``)."""
+
+    __tablename__ = "job_dependencies"
+    __table_args__ = (Index(None, "depends_on"),)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    depends_on: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class JobLabelRow(Base):

@@ -67,7 +67,10 @@ class Isolation:
 
     def argv(self, shell: str, command: str, cwd: str) -> list[str]:
         """The argv that runs ``shell -c command`` in ``cwd`` under this isolation."""
-        inner = [shell, "-c", command]
+        return self.wrap([shell, "-c", command], cwd)
+
+    def wrap(self, inner: list[str], cwd: str) -> list[str]:
+        """The argv that runs ``inner`` in ``cwd`` under this isolation."""
         if self.mode == "none":
             return inner
         if self.prlimit is not None and self.mode != "landlock":

@@ -18,9 +18,12 @@ class JobStatus(enum.StrEnum):
     - ``running``: its main process has been started.
     - ``completed``: the main process exited with code 0.
     - ``failed``: it exited with a non-zero code, was terminated by a signal nobody here sent
-      (the signal is recorded), could not be started, or was lost when its server died.
-    - ``killed``: it ended after a ``kill`` request or a server shutdown, however it then exited.
-    - ``timed_out``: it ran past its ``timeout_s`` and was killed for it.
+      (the signal is recorded), could not be started, was lost when its server died, or never
+      started because a job it had to run after did not complete (the reason names it).
+    - ``killed``: it ended after a ``kill`` request or a server shutdown, however it then exited;
+      or it died of the SIGINT/SIGQUIT that a Ctrl-C/Ctrl-\\ sent through ``interact`` caused.
+    - ``timed_out``: it ran past its ``timeout_s``, or printed nothing for ``idle_timeout_s``,
+      and was killed for it.
     """
 
     QUEUED = "queued"
@@ -65,16 +68,39 @@ class Stream(enum.StrEnum):
 
 
 class EndCause(enum.StrEnum):
-    """Why the server stopped a job itself (recorded until the job's process has exited)."""
+    """Why the server stopped a job itself (recorded until the job's process has exited).
+
+    ``INTERRUPT`` is weaker than the others: it only notes that Ctrl-C/Ctrl-\\ was sent, which
+    a program may handle and go on; any later stop request replaces it.
+    """
 
     KILL = "kill"
     TIMEOUT = "timeout"
+    IDLE_TIMEOUT = "idle_timeout"
     SHUTDOWN = "shutdown"
+    INTERRUPT = "interrupt"
 
 
 #: Reasons recorded with transitions; stable strings, since people grep for them.
 REASON_SHUTDOWN = "server shutdown"
 REASON_LOST = "lost: server exited"
+
+
+def dependency_failure(dep_id: str, status: JobStatus, exit_code: int | None,
+                       signal: str | None, reason: str | None) -> str:  # fmt: skip
+    """Why a job waiting for ``dep_id`` will never start: ``dependency abc123def456 failed
+    (exit code 2)``."""
+    if status is JobStatus.KILLED:
+        return f"dependency {dep_id} was killed"
+    if status is JobStatus.TIMED_OUT:
+        return f"dependency {dep_id} timed out"
+    if exit_code is not None:
+        detail = f"exit code {exit_code}"
+    elif signal is not None:
+        detail = f"signal {signal}"
+    else:
+        detail = reason or "no reason recorded"
+    return f"dependency {dep_id} failed ({detail})"
 
 
 def signal_name(signum: int) -> str:
@@ -94,17 +120,33 @@ class Outcome:
     reason: str | None
 
 
-def decide_outcome(returncode: int, cause: EndCause | None) -> Outcome:
+#: Signals that the interrupt keys cause (Ctrl-C, Ctrl-\\).
+INTERRUPT_SIGNALS = frozenset({"SIGINT", "SIGQUIT"})
+
+
+def decide_outcome(
+    returncode: int, cause: EndCause | None, idle_timeout_s: float | None = None
+) -> Outcome:
     """Map a ``waitpid`` return code (negative: a signal) and the server's own cause to an outcome.
 
     A job the server was stopping counts as killed/timed out however it exited: a program that
-    catches SIGTERM and exits 0 was still stopped on request.
+    catches SIGTERM and exits 0 was still stopped on request. An interrupt counts only if the
+    job died of it (a REPL that handles Ctrl-C and later exits normally just exited).
     """
     exit_code = returncode if returncode >= 0 else None
     sig = signal_name(-returncode) if returncode < 0 else None
     how = f"exit code {exit_code}" if sig is None else f"signal {sig}"
     if cause is EndCause.TIMEOUT:
         return Outcome(JobStatus.TIMED_OUT, exit_code, sig, f"timeout reached; ended by {how}")
+    if cause is EndCause.IDLE_TIMEOUT:
+        idle = f"{idle_timeout_s:g} s" if idle_timeout_s is not None else "too long"
+        why = f"idle timeout: no output for {idle}; ended by {how}"
+        return Outcome(JobStatus.TIMED_OUT, exit_code, sig, why)
+    if cause is EndCause.INTERRUPT and sig in INTERRUPT_SIGNALS:
+        key = "Ctrl-C" if sig == "SIGINT" else "Ctrl-\\"
+        return Outcome(
+            JobStatus.KILLED, None, sig, f"interrupted by {key} sent with interact; ended by {how}"
+        )
     if cause is EndCause.SHUTDOWN:
         return Outcome(JobStatus.KILLED, exit_code, sig, REASON_SHUTDOWN)
     if cause is EndCause.KILL:
@@ -114,6 +156,20 @@ def decide_outcome(returncode: int, cause: EndCause | None) -> Outcome:
     if returncode == 0:
         return Outcome(JobStatus.COMPLETED, 0, None, None)
     return Outcome(JobStatus.FAILED, returncode, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """How a job runs and when it may start, beyond its command line (all optional)."""
+
+    pty: bool = False
+    rows: int | None = None  # terminal size of a PTY job
+    cols: int | None = None
+    priority: int = 0
+    idle_timeout_s: float | None = None
+    after: tuple[str, ...] = ()  # jobs that must end first
+    run_anyway: bool = False  # start even if one of ``after`` did not complete
+    rerun_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +214,15 @@ class Job:
     stdout_dropped: int = 0
     stderr_dropped: int = 0
     end_cause: EndCause | None = None
+    pty: bool = False
+    rows: int | None = None
+    cols: int | None = None
+    priority: int = 0
+    idle_timeout_s: float | None = None
+    after: tuple[str, ...] = ()
+    run_anyway: bool = False
+    rerun_of: str | None = None
+    waiting_on: tuple[str, ...] = ()  # dependencies not ended yet (only loaded for queued jobs)
     events: tuple[JobEvent, ...] = field(default=())
 
     def ingested(self, stream: Stream) -> int:

@@ -12,7 +12,10 @@ import contextlib
 import ctypes
 import logging
 import os
+import platform
 import signal
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,3 +159,105 @@ def reap_orphans(procs: dict[int, ProcInfo], keep: set[int]) -> int:
                 os.waitpid(p.pid, os.WNOHANG)
                 reaped += 1
     return reaped
+
+
+# --- is a job waiting for input? -----------------------------------------------------------
+
+#: System calls that block reading one descriptor, and those that wait on several (a line
+#: editor waits for keys this way), by machine; elsewhere input waits are not detected.
+_SYSCALLS: dict[str, tuple[frozenset[int], frozenset[int]]] = {
+    # read, pread64, readv, preadv, preadv2 | poll, select, epoll_wait, pselect6, ppoll,
+    # epoll_pwait, epoll_pwait2
+    "x86_64": (frozenset({0, 17, 19, 295, 327}), frozenset({7, 23, 232, 270, 271, 281, 441})),
+    # read, readv, pread64, preadv, preadv2 | epoll_pwait, pselect6, ppoll, epoll_pwait2
+    "aarch64": (frozenset({63, 65, 67, 69, 286}), frozenset({22, 72, 73, 441})),
+}
+_READS, _POLLS = _SYSCALLS.get(platform.machine(), (frozenset(), frozenset()))
+
+
+@dataclass(frozen=True, slots=True)
+class InputState:
+    """What the kernel shows about a job's processes right now.
+
+    ``waiting``: one of them is blocked reading the job's terminal or stdin (or, on a terminal
+    in non-canonical mode, waiting in poll/select as line editors and REPLs do), and none is
+    busy. ``busy``: one of them is running on a CPU or waiting for the disk.
+    """
+
+    waiting: bool
+    busy: bool
+
+
+def _task_facts(pid: int, tid: str) -> tuple[str, int | None, int | None]:
+    """(state, system call number, first argument) of one thread; unknowns are None."""
+    base = _PROC / str(pid) / "task" / tid
+    try:
+        raw = (base / "stat").read_bytes()
+        state = raw[raw.rindex(b")") + 2 :].split()[0].decode()
+        fields = (base / "syscall").read_text().split()
+    except (OSError, ValueError):
+        return "?", None, None
+    if len(fields) < 2 or not fields[0].lstrip("-").isdigit():
+        return state, None, None  # "running"
+    return state, int(fields[0]), int(fields[1], 16)
+
+
+#: /dev/tty: a process's own controlling terminal, whichever it is.
+_DEV_TTY = os.makedev(5, 0)
+
+
+def _fd_is_input(pid: int, fd: int, pipe: tuple[int, int] | None, tty: int | None) -> bool:
+    try:
+        st = (_PROC / str(pid) / "fd" / str(fd)).stat()
+    except OSError:
+        return False
+    if tty is not None and stat.S_ISCHR(st.st_mode):
+        return st.st_rdev in (tty, _DEV_TTY)
+    return pipe is not None and (st.st_dev, st.st_ino) == pipe
+
+
+def input_state(
+    pids: Iterable[int],
+    *,
+    pipe: tuple[int, int] | None = None,
+    tty: int | None = None,
+    line_editing: bool = False,
+) -> InputState:
+    """Whether ``pids`` wait for input (see InputState): on the stdin pipe whose (device, inode)
+    is ``pipe``, or on the terminal whose device number is ``tty`` (also through /dev/tty, as
+    password prompts read it).
+
+    Reading another process's current system call needs ptrace rights, which a server has over
+    its own jobs; threads whose state cannot be read are ignored.
+    """
+    waiting = busy = False
+    for pid in pids:
+        try:
+            tids = [t.name for t in (_PROC / str(pid) / "task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            state, nr, arg = _task_facts(pid, tid)
+            if state in ("R", "D"):
+                busy = True
+            elif nr is None:
+                continue
+            elif nr in _READS and arg is not None:
+                waiting = waiting or _fd_is_input(pid, arg, pipe, tty)
+            elif nr in _POLLS and line_editing:
+                waiting = True
+    return InputState(waiting=waiting and not busy, busy=busy)
+
+
+def group_members(pgid: int) -> set[int]:
+    """Live processes of one process group (a terminal's foreground group)."""
+    return {p.pid for p in snapshot().values() if p.pgid == pgid and p.state not in ("Z", "X")}
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group, as a terminal does for Ctrl-C; False if it is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,11 +1,19 @@
-"""Processes: spawning jobs, noticing their exit, stdin, timeouts, killing trees, the queue,
-reconciling jobs of dead servers, and an orderly shutdown. The only module that sends signals.
+"""Processes: spawning jobs, noticing their exit, stdin and keys, timeouts, killing trees, the
+queue, reconciling jobs of dead servers, and an orderly shutdown. The only module that sends
+signals.
 
 Each job runs as ``SHELL -c COMMAND`` in a new session, stdin a pipe from this process, stdout and
-stderr spool files (see ``capture``). Its exit is seen through a pidfd, independently of any pipe
-a background grandchild may hold open. Exit handling (store the last output, then the final
-status) runs in tasks that shutdown awaits and never cancels, so a job never stays ``running`` in
-the database because the task that would have finished it was cancelled.
+stderr spool files (see ``capture``). A PTY job gets a pseudo-terminal instead (see ``ptyjob``):
+the server reads its master into the stdout spool file. Its exit is seen through a pidfd,
+independently of any pipe a background grandchild may hold open. Exit handling (store the last
+output, then the final status) runs in tasks that shutdown awaits and never cancels, so a job
+never stays ``running`` in the database because the task that would have finished it was
+cancelled.
+
+The queue lives in the database: a server starts its own queued jobs whose dependencies allow
+it, highest priority first, then oldest (``Store.queue_state``); the queued-to-running change is
+a compare-and-set, and a queued job changes owner only by a compare-and-set from a server that
+is gone (``Store.claim``), so no job is started twice, even with several servers on one file.
 """
 
 from __future__ import annotations
@@ -17,14 +25,14 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import proctree
+from . import proctree, ptyjob
 from .capture import Ingester
 from .config import Settings
 from .db import utcnow
@@ -33,14 +41,15 @@ from .isolation import Isolation
 from .jobs import (
     ACTIVE,
     REASON_LOST,
-    REASON_SHUTDOWN,
     EndCause,
     Job,
+    JobOptions,
     JobStatus,
     ServerInstance,
     Stream,
 )
 from .store import JOB_ID_LENGTH, PruneResult, Store
+from .terminal import Key
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,11 @@ STDIN_BUFFER_MAX = 1024 * 1024
 _POLL_S = 0.05
 _FOREIGN_POLL_S = 0.2
 _RECONCILE_EVERY_S = 5.0
+#: How often the queue is looked at while jobs wait (dependencies may end on other servers).
+_QUEUE_POLL_S = 1.0
+#: TERM for programs on a PTY, unless the job's env sets one (the renderer reads xterm output).
+PTY_TERM = "xterm-256color"
+_INTERRUPT_BYTES = (b"\x03", b"\x1c")  # Ctrl-C, Ctrl-\ on a terminal
 
 
 class _StdinProtocol(asyncio.BaseProtocol):
@@ -67,10 +81,15 @@ class _Running:
     popen: subprocess.Popen[bytes]
     pid_start: int | None
     pidfd: int
+    terminal: ptyjob.Terminal | None = None
     stdin: asyncio.WriteTransport | None = None
     stdin_proto: _StdinProtocol | None = None
+    stdin_pipe: tuple[int, int] | None = None  # (device, inode) of the stdin pipe
     started: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
+    idle_timer: asyncio.TimerHandle | None = None
+    idle_timeout_s: float | None = None
+    spawned: float = field(default_factory=time.time)
 
 
 class Runner:
@@ -98,7 +117,7 @@ class Runner:
         self._hostname = socket.gethostname()
         self._running: dict[str, _Running] = {}
         self._done: dict[str, asyncio.Event] = {}
-        self._queue: deque[str] = deque()
+        self._queued = 0  # own queued jobs, as the last look at the queue found
         self._start_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,10 +166,13 @@ class Runner:
         if self._closing:
             return
         self._closing = True
-        for task in list(self._tasks):
-            if task.get_name() != "ingest":
-                task.cancel()
-        running = list(self._running)
+        # A start in progress finishes first: cancelled between the spawn and the running row,
+        # a job would run while recorded as queued, and the next server would run it again.
+        async with self._start_lock:
+            for task in list(self._tasks):
+                if task.get_name() != "ingest":
+                    task.cancel()
+            running = list(self._running)
         for job_id in running:
             with contextlib.suppress(Exception):
                 await self.store.request_end(job_id, EndCause.SHUTDOWN)
@@ -162,16 +184,8 @@ class Runner:
             if job_id in self._running:
                 proctree.signal_pids(self._tree_of_own(job_id), signal.SIGKILL)
         await self._wait_own_done(running, 2.0)
-        while self._queue:
-            job_id = self._queue.popleft()
-            with contextlib.suppress(TransitionConflict):
-                await self.store.transition(
-                    job_id,
-                    JobStatus.KILLED,
-                    server_id=self.server_id,
-                    reason=REASON_SHUTDOWN,
-                    only_from=frozenset({JobStatus.QUEUED}),
-                )
+        # Queued jobs stay queued: once this server is marked stopped, the next server on the
+        # database claims them (see reconcile).
         if self._finishing:
             await asyncio.wait(self._finishing, timeout=5.0)
         for task in list(self._tasks):
@@ -181,7 +195,12 @@ class Runner:
         if self._subreaper:
             proctree.set_child_subreaper(False)
         await self.store.mark_server_stopped(self.server_id)
-        log.info("server_stopped id=%s jobs_stopped=%d", self.server_id, len(running))
+        log.info(
+            "server_stopped id=%s jobs_stopped=%d jobs_left_queued=%d",
+            self.server_id,
+            len(running),
+            self._queued,
+        )
 
     async def _wait_own_done(self, job_ids: Sequence[str], timeout: float) -> None:
         waiters = [
@@ -204,75 +223,160 @@ class Runner:
         env: Mapping[str, str],
         labels: Sequence[str],
         timeout_s: float | None,
+        options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
+        shell: str | None = None,
     ) -> Job:
-        """Record a new job and start it now if a slot is free, else queue it."""
+        """Record a new job and start it now if it may (a slot is free, nothing is queued ahead
+        of it, no dependencies), else leave it queued for the scheduler. ``shell``: default
+        the server's."""
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
-        job = await self.store.create_job(
-            job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
-            command=command,
-            cwd=cwd,
-            shell=self.settings.shell,
-            env=env,
-            labels=labels,
-            timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
-            owner_id=self.server_id,
-        )
-        self._done[job.id] = asyncio.Event()
-        async with self._start_lock:
-            if not self._queue and len(self._running) < self.settings.max_concurrent:
-                return await self._start(job)
-            self._queue.append(job.id)
-        return job
+
+        async def create() -> Job:
+            job = await self.store.create_job(
+                job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
+                command=command,
+                cwd=cwd,
+                shell=shell or self.settings.shell,
+                env=env,
+                labels=labels,
+                timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
+                owner_id=self.server_id,
+                options=options,
+            )
+            self._done[job.id] = asyncio.Event()
+            return job
+
+        if not options.after and not self._queued:
+            # Created under the start lock: the scheduler, which starts jobs only under it,
+            # cannot start this one too before it is decided here.
+            async with self._start_lock:
+                job = await create()
+                if (
+                    not self._closing
+                    and not self._queued
+                    and len(self._running) < self.settings.max_concurrent
+                ):
+                    return await self._start(job)
+        else:
+            job = await create()
+        started = await self._schedule()
+        return started.get(job.id) or await self.store.get_job(job.id)
 
     async def _scheduler(self) -> None:
         while True:
-            await self._wake.wait()
+            try:
+                await self._schedule()
+            except Exception:  # task boundary: keep scheduling
+                log.exception("schedule_failed")
+                await asyncio.sleep(1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _QUEUE_POLL_S if self._queued else None)
             self._wake.clear()
-            async with self._start_lock:
-                while self._queue and len(self._running) < self.settings.max_concurrent:
-                    job_id = self._queue.popleft()
-                    job = await self.store.get_job(job_id, events=False)
-                    if job.status is JobStatus.QUEUED:
-                        await self._start(job)
+
+    async def _schedule(self) -> dict[str, Job]:
+        """Fail queued jobs whose dependencies did not complete, then start the best startable
+        ones into the free slots. Returns the jobs it started, as they now stand."""
+        started: dict[str, Job] = {}
+        async with self._start_lock:
+            while not self._closing:
+                free = self.settings.max_concurrent - len(self._running)
+                state = await self.store.queue_state(self.server_id, free)
+                for job_id, reason in state.doomed:
+                    with contextlib.suppress(TransitionConflict):
+                        await self.store.transition(
+                            job_id,
+                            JobStatus.FAILED,
+                            server_id=self.server_id,
+                            reason=reason,
+                            only_from=frozenset({JobStatus.QUEUED}),
+                        )
+                        log.info("job_not_started id=%s reason=%s", job_id, reason)
+                    self._set_done(job_id)
+                self._queued = state.queued - len(state.doomed)
+                for job in state.startable:
+                    started[job.id] = await self._start(job)
+                    self._queued -= 1
+                if not state.doomed:
+                    break  # else their own dependents may now be doomed too: look again
+        return started
 
     async def _start(self, job: Job) -> Job:
         """Spawn a queued job; returns it as it now stands (running, or failed to start)."""
         # An explicit environment: the server's secrets do not reach jobs (see isolation.py).
         env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
-        argv = self.isolation.argv(job.shell, job.command, job.cwd)
         try:
             writers = self.ingester.create_spool(job.id)
         except OSError as exc:
             return await self._fail_start(job, f"cannot create spool files: {exc}")
-        stdin_r, stdin_w = os.pipe()
+        terminal: ptyjob.Terminal | None = None
+        stdin_r = stdin_w = -1
         spawned_at = utcnow()  # before the exit, which may come before the running row does
         try:
-            # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
-            # background grandchild can hold forever. Popen spawns with vfork: it is quick.
-            popen = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=stdin_r,
-                stdout=writers[Stream.STDOUT],
-                stderr=writers[Stream.STDERR],
-                cwd=job.cwd,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+            if job.pty:
+                terminal = ptyjob.Terminal(
+                    job.rows or self.settings.pty_rows, job.cols or self.settings.pty_cols
+                )
+                if "TERM" not in job.env:
+                    env["TERM"] = PTY_TERM
+                # The helper makes the terminal the job's controlling terminal in a new session.
+                popen = subprocess.Popen(  # noqa: ASYNC220
+                    self.isolation.wrap(ptyjob.exec_argv(job.shell, job.command), job.cwd),
+                    stdin=terminal.slave,
+                    stdout=terminal.slave,
+                    stderr=terminal.slave,
+                    cwd=job.cwd,
+                    env=env,
+                    close_fds=True,
+                )
+            else:
+                stdin_r, stdin_w = os.pipe()
+                # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
+                # background grandchild can hold forever. Popen spawns with vfork: it is quick.
+                popen = subprocess.Popen(  # noqa: ASYNC220
+                    self.isolation.argv(job.shell, job.command, job.cwd),
+                    stdin=stdin_r,
+                    stdout=writers[Stream.STDOUT],
+                    stderr=writers[Stream.STDERR],
+                    cwd=job.cwd,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
         except OSError as exc:
-            os.close(stdin_w)
+            for fd in (stdin_w, writers[Stream.STDOUT]):
+                if fd >= 0:
+                    os.close(fd)
+            if terminal is not None:
+                terminal.close()
             self.ingester.discard(job.id)
             return await self._fail_start(job, f"failed to start: {exc}")
         finally:
-            os.close(stdin_r)
-            for fd in writers.values():
-                os.close(fd)
-        entry = _Running(job.id, popen, proctree.start_time(popen.pid), os.pidfd_open(popen.pid))
+            if stdin_r >= 0:
+                os.close(stdin_r)
+            os.close(writers[Stream.STDERR])
+        if terminal is not None:
+            terminal.attach(writers[Stream.STDOUT])  # the server appends what the job prints
+        else:
+            os.close(writers[Stream.STDOUT])
+        entry = _Running(
+            job.id,
+            popen,
+            proctree.start_time(popen.pid),
+            os.pidfd_open(popen.pid),
+            terminal=terminal,
+            idle_timeout_s=job.idle_timeout_s,
+        )
         self._running[job.id] = entry
+        self._done.setdefault(job.id, asyncio.Event())
         loop = asyncio.get_running_loop()
         loop.add_reader(entry.pidfd, self._on_exit, job.id)
         try:
+            if terminal is not None:
+                loop.add_reader(terminal.master, self._on_terminal_output, job.id)
+                stdin_w = os.dup(terminal.master)  # the transport closes its own descriptor
+            else:
+                entry.stdin_pipe = ptyjob.fd_identity(stdin_w)
             transport, proto = await loop.connect_write_pipe(
                 _StdinProtocol, os.fdopen(stdin_w, "wb", buffering=0)
             )
@@ -289,9 +393,13 @@ class Runner:
                     "started_at": spawned_at,
                 },
             )
-            log.info("job_started id=%s pid=%d", job.id, popen.pid)
+            log.info("job_started id=%s pid=%d pty=%s", job.id, popen.pid, job.pty)
             if job.timeout_s is not None:
-                entry.timer = loop.call_later(job.timeout_s, self._on_timeout, job.id)
+                entry.timer = loop.call_later(
+                    job.timeout_s, self._on_timeout, job.id, EndCause.TIMEOUT
+                )
+            if job.idle_timeout_s is not None:
+                entry.idle_timer = loop.call_later(job.idle_timeout_s, self._check_idle, job.id)
         except TransitionConflict:
             # Killed while it was being started: stop what we just started.
             proctree.signal_pids(self._tree_of_own(job.id), signal.SIGKILL)
@@ -325,11 +433,20 @@ class Runner:
 
     async def _finish(self, entry: _Running, returncode: int, ended_at: datetime) -> None:
         job_id = entry.job_id
-        if entry.timer is not None:
-            entry.timer.cancel()
-        if entry.stdin is not None:
-            entry.stdin.close()
+        for timer in (entry.timer, entry.idle_timer):
+            if timer is not None:
+                timer.cancel()
         await entry.started.wait()
+        if entry.terminal is not None:
+            # What it printed before it ended; then hang up, as closing a terminal window does.
+            asyncio.get_running_loop().remove_reader(entry.terminal.master)
+            entry.terminal.pump()
+            entry.terminal.close()
+        if entry.stdin is not None:
+            if entry.terminal is not None:
+                entry.stdin.abort()  # nobody will read what is still buffered
+            else:
+                entry.stdin.close()
         try:
             await self.ingester.finish(job_id)
             if self.on_ended is not None:
@@ -353,13 +470,36 @@ class Runner:
         if event is not None:
             event.set()
 
-    def _on_timeout(self, job_id: str) -> None:
-        self._spawn_task(self._timeout(job_id), f"timeout-{job_id}")
+    def _on_terminal_output(self, job_id: str) -> None:
+        entry = self._running.get(job_id)
+        terminal = entry.terminal if entry is not None else None
+        if terminal is not None and not terminal.closed and not terminal.pump():
+            # End of file: nothing has the terminal open any more; the exit comes by pidfd.
+            asyncio.get_running_loop().remove_reader(terminal.master)
 
-    async def _timeout(self, job_id: str) -> None:
-        job = await self.store.request_end(job_id, EndCause.TIMEOUT)
-        if job.end_cause is EndCause.TIMEOUT:
-            log.info("job_timed_out id=%s", job_id)
+    def _on_timeout(self, job_id: str, cause: EndCause) -> None:
+        self._spawn_task(self._timeout(job_id, cause), f"{cause}-{job_id}")
+
+    def _check_idle(self, job_id: str) -> None:
+        """Time the job out if it printed nothing for ``idle_timeout_s``, else look again when
+        that much time will have passed since its last output."""
+        entry = self._running.get(job_id)
+        if entry is None or entry.idle_timeout_s is None:
+            return
+        if entry.terminal is not None:
+            entry.terminal.pump()
+        last = max(self.ingester.last_write(job_id) or 0.0, entry.spawned)
+        left = entry.idle_timeout_s - (time.time() - last)
+        if left <= 0:
+            self._on_timeout(job_id, EndCause.IDLE_TIMEOUT)
+        else:
+            loop = asyncio.get_running_loop()
+            entry.idle_timer = loop.call_later(max(left, _POLL_S), self._check_idle, job_id)
+
+    async def _timeout(self, job_id: str, cause: EndCause) -> None:
+        job = await self.store.request_end(job_id, cause)
+        if job.end_cause is cause:
+            log.info("job_timed_out id=%s cause=%s", job_id, cause)
             await self._stop_tree(job, signal.SIGTERM, self.settings.kill_grace_s)
 
     # --- kill -----------------------------------------------------------------------------
@@ -378,8 +518,6 @@ class Runner:
                     reason="killed before it started",
                     only_from=frozenset({JobStatus.QUEUED}),
                 )
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(job_id)
                 self._set_done(job_id)
                 log.info("job_killed id=%s (queued)", job_id)
                 return await self.store.get_job(job_id)
@@ -426,40 +564,127 @@ class Runner:
     def owns(self, job_id: str) -> bool:
         return job_id in self._running
 
-    async def send_input(self, job: Job, data: bytes, *, eof: bool) -> None:
-        """Queue ``data`` for the job's stdin without blocking; ``eof`` closes it afterwards."""
-        entry = self._running.get(job.id)
-        if entry is None or job.status is not JobStatus.RUNNING:
-            if job.status is JobStatus.QUEUED:
-                raise JobStateError(
-                    f"Job {job.id} is still queued; its stdin opens when it starts. "
-                    "Call `wait` or `status` and try again once it is running."
-                )
-            if job.status.is_terminal:
-                raise JobStateError(
-                    f"Job {job.id} has ended ({job.status}); its stdin is closed. "
-                    "Start a new job with `execute` to run the program again."
-                )
-            raise JobStateError(
-                f"Job {job.id} is run by another server process (owner {job.owner_id}); only "
-                "that server holds its stdin. Use the MCP session that started it."
-            )
+    async def send_input(
+        self, job: Job, data: bytes, *, keys: Sequence[Key] = (), eof: bool = False
+    ) -> None:
+        """Queue ``data``, then ``keys``, for the job without blocking; ``eof`` ends its input.
+
+        On a terminal, keys are the bytes a terminal sends (Ctrl-C makes the kernel interrupt
+        the foreground processes) and end of input is Ctrl-D. Without one, Ctrl-C, Ctrl-\\
+        and Ctrl-Z signal the job's process group, Ctrl-D and ``eof`` close its stdin.
+        """
+        entry = self._input_entry(job)
         await entry.started.wait()
-        if entry.stdin is None or entry.stdin.is_closing():
+        stdin = entry.stdin
+        if stdin is None or stdin.is_closing():
             raise JobStateError(
                 f"The stdin of job {job.id} is closed (EOF was sent, or the program closed it); "
                 "nothing more can be written. Read its output with `output` or `tail`."
             )
-        waiting = entry.stdin.get_write_buffer_size()
-        if waiting + len(data) > STDIN_BUFFER_MAX:
+        pty = entry.terminal is not None
+        steps: list[bytes | signal.Signals | None] = [data] if data else []  # None: close stdin
+        for key in keys:
+            if pty:
+                steps.append(key.data)
+            elif key.pipe_signal is not None:
+                steps.append(key.pipe_signal)
+            elif key.pipe_eof:
+                steps.append(None)
+            else:
+                steps.append(key.pipe_data or key.data)
+        if eof:
+            steps.append(ptyjob.EOF_BYTES if pty else None)
+        if None in steps[:-1]:
+            raise JobStateError(
+                "Ctrl-D closes the stdin of a job without a terminal: it can only be the last "
+                "key (send the rest first)."
+            )
+        size = sum(len(s) for s in steps if isinstance(s, bytes))
+        waiting = stdin.get_write_buffer_size()
+        if size and waiting + size > STDIN_BUFFER_MAX:
             raise JobStateError(
                 f"Job {job.id} is not reading its stdin: {waiting} bytes are still waiting to be "
                 "delivered. Wait for it to read them, or send eof=true / kill the job."
             )
-        if data:
-            entry.stdin.write(data)
-        if eof:
-            entry.stdin.close()
+        for step in steps:
+            if isinstance(step, bytes):
+                if pty and any(b in step for b in _INTERRUPT_BYTES):
+                    await self.store.request_end(job.id, EndCause.INTERRUPT)
+                stdin.write(step)
+            elif step is None:
+                stdin.close()
+            else:
+                if step in (signal.SIGINT, signal.SIGQUIT):
+                    await self.store.request_end(job.id, EndCause.INTERRUPT)
+                log.info("job_key_signal id=%s signal=%s", job.id, step.name)
+                proctree.signal_group(entry.popen.pid, step)
+
+    def _input_entry(self, job: Job) -> _Running:
+        entry = self._running.get(job.id)
+        if entry is not None and job.status is JobStatus.RUNNING:
+            return entry
+        if job.status is JobStatus.QUEUED:
+            raise JobStateError(
+                f"Job {job.id} is still queued; its stdin opens when it starts. "
+                "Call `wait` or `status` and try again once it is running."
+            )
+        if job.status.is_terminal:
+            raise JobStateError(
+                f"Job {job.id} has ended ({job.status}); its stdin is closed. "
+                "Start a new job with `execute` (or `rerun`) to run the program again."
+            )
+        raise JobStateError(
+            f"Job {job.id} is run by another server process (owner {job.owner_id}); only "
+            "that server holds its stdin. Use the MCP session that started it."
+        )
+
+    def pump(self, job_id: str) -> None:
+        """Move what a PTY job printed into its spool file now (reads want the latest)."""
+        entry = self._running.get(job_id)
+        if entry is not None and entry.terminal is not None:
+            entry.terminal.pump()
+
+    async def input_state(self, job_id: str) -> proctree.InputState | None:
+        """Whether the job is waiting for input: blocked reading its terminal or stdin with
+        everything sent to it read (see ``proctree.InputState``). None: not known (not a
+        running job of this server, or its state cannot be read)."""
+        entry = self._running.get(job_id)
+        if entry is None or not entry.started.is_set() or entry.stdin is None:
+            return None
+        unread = entry.stdin.get_write_buffer_size()
+        terminal = entry.terminal
+        pid, pid_start = entry.popen.pid, entry.pid_start
+        try:
+            if terminal is not None:
+                unread += terminal.pending_input()
+                editing = terminal.line_editing()
+                group = terminal.foreground_group()
+
+                def probe() -> proctree.InputState:
+                    # On a terminal only its foreground processes read it.
+                    pids = (
+                        proctree.group_members(group)
+                        if group
+                        else proctree.job_tree(job_id, pid, pid_start)
+                    )
+                    return proctree.input_state(pids, tty=terminal.device, line_editing=editing)
+
+            else:
+                pipe = None if entry.stdin.is_closing() else entry.stdin.get_extra_info("pipe")
+                if pipe is not None:
+                    unread += ptyjob.unread_bytes(pipe.fileno())
+                stdin_pipe = entry.stdin_pipe if pipe is not None else None
+
+                def probe() -> proctree.InputState:
+                    pids = proctree.job_tree(job_id, pid, pid_start)
+                    return proctree.input_state(pids, pipe=stdin_pipe)
+
+            state = await asyncio.to_thread(probe)
+        except OSError:
+            return None
+        if unread:
+            return proctree.InputState(waiting=False, busy=state.busy)
+        return state
 
     async def wait_end(self, job_id: str, timeout: float) -> bool:
         """Wait until the job has ended or ``timeout`` passed; True if it ended.
@@ -490,20 +715,26 @@ class Runner:
     # --- reconciliation and housekeeping --------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Fail the jobs of servers that died (storing the output they left), and kill any of
-        their processes still alive. Live servers' jobs are never touched. Returns jobs failed."""
-        dead: list[str | None] = []
+        """Take over what servers that are gone left behind. Their running jobs are failed as
+        lost (the output they wrote is stored, processes still alive are killed); their queued
+        jobs, and those of servers that stopped, are claimed and run here. Live servers' jobs
+        are never touched. Returns the number of jobs failed."""
+        dead: list[str] = []
         for srv in await self.store.servers_not_stopped(exclude=self.server_id):
             if srv.hostname != self._hostname:
                 continue  # cannot see its processes: leave it to a server on its host
             if proctree.is_alive(srv.pid, srv.pid_start, srv.boot_id):
                 continue
             dead.append(srv.id)
-        failed = 0
-        for job in await self.store.active_jobs([*dead, None]):
+        failed = claimed = 0
+        for job in await self.store.orphaned_jobs(dead):
             if not await self.store.claim(job.id, job.owner_id, self.server_id):
                 continue  # another server is reconciling it
-            if job.status is JobStatus.RUNNING and job.boot_id == self.boot_id:
+            if job.status is JobStatus.QUEUED:
+                claimed += 1
+                log.info("job_adopted id=%s owner=%s", job.id, job.owner_id)
+                continue
+            if job.boot_id == self.boot_id:
                 await self._stop_tree(job, signal.SIGTERM, 0.5)
             await self.ingester.adopt(job)
             if self.on_ended is not None:
@@ -519,8 +750,10 @@ class Runner:
                 failed += 1
                 log.warning("job_lost id=%s owner=%s", job.id, job.owner_id)
         for server_id in dead:
-            if server_id is not None:
-                await self.store.mark_server_stopped(server_id)
+            await self.store.mark_server_stopped(server_id)
+        if claimed:
+            self._queued += claimed
+            self._wake.set()
         return failed
 
     async def _maintenance(self) -> None:

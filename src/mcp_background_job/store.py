@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -34,10 +35,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from . import db
 from .db import (
     AuditEventRow,
+    JobDependencyRow,
     JobEventRow,
     JobLabelRow,
     JobRow,
@@ -54,10 +57,12 @@ from .jobs import (
     EndCause,
     Job,
     JobEvent,
+    JobOptions,
     JobStatus,
     ServerInstance,
     Stream,
     decide_outcome,
+    dependency_failure,
     sources_of,
 )
 
@@ -89,6 +94,15 @@ class OutputBatch:
     )  # stream, seq, off, data
     drops: list[tuple[Stream, int, int]] = field(default_factory=list)  # delete offsets [lo, hi)
     counters: dict[str, int] = field(default_factory=dict)  # e.g. {"stdout_bytes": 123}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One server's queue as one read saw it (see ``Store.queue_state``)."""
+
+    startable: list[Job]
+    doomed: list[tuple[str, str]]  # (job id, why it can never start)
+    queued: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,14 @@ def _job(row: Row[Any], events: Sequence[JobEvent] = ()) -> Job:
         stdout_dropped=m["stdout_dropped"],
         stderr_dropped=m["stderr_dropped"],
         end_cause=EndCause(m["end_cause"]) if m["end_cause"] else None,
+        pty=bool(m["pty"]),
+        rows=m["term_rows"],
+        cols=m["term_cols"],
+        priority=m["priority"],
+        idle_timeout_s=m["idle_timeout_s"],
+        after=tuple(sorted(json.loads(m["after"]))) if m["after"] else (),
+        run_anyway=bool(m["run_anyway"]),
+        rerun_of=m["rerun_of"],
         events=tuple(events),
     )
 
@@ -183,13 +205,44 @@ _LABELS = (
     .scalar_subquery()
     .label("labels")
 )
-_JOB_COLUMNS = (*JobRow.__table__.columns, _LABELS)
+_AFTER = (
+    select(func.json_group_array(JobDependencyRow.depends_on))
+    .where(JobDependencyRow.job_id == JobRow.id)
+    .correlate(JobRow)
+    .scalar_subquery()
+    .label("after")
+)
+_JOB_COLUMNS = (*JobRow.__table__.columns, _LABELS, _AFTER)
+_DEP = aliased(JobRow, name="dep")
+
+
+def _has_dependency(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """True for a job with a dependency (``_DEP``) meeting ``conditions``."""
+    return exists(
+        select(1)
+        .select_from(JobDependencyRow)
+        .join(_DEP, _DEP.id == JobDependencyRow.depends_on)
+        .where(JobDependencyRow.job_id == JobRow.id, *conditions)
+    )
 
 
 def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
     row = (conn.execute(select(*_JOB_COLUMNS).where(JobRow.id == job_id))).first()
     if row is None:
         raise JobNotFound(job_id)
+    waiting_on: tuple[str, ...] = ()
+    if row._mapping["status"] == JobStatus.QUEUED and row._mapping["after"] != "[]":
+        waiting_on = tuple(
+            conn.execute(
+                select(_DEP.id)
+                .select_from(JobDependencyRow)
+                .join(_DEP, _DEP.id == JobDependencyRow.depends_on)
+                .where(JobDependencyRow.job_id == job_id, _DEP.status.in_(ACTIVE))
+                .order_by(_DEP.id)
+            )
+            .scalars()
+            .all()
+        )
     evs: list[JobEvent] = []
     if events:
         for e in conn.execute(
@@ -204,7 +257,7 @@ def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
                     server_id=e.server_id,
                 )
             )
-    return _job(row, evs)
+    return replace(_job(row, evs), waiting_on=waiting_on)
 
 
 def _server(row: Row[Any]) -> ServerInstance:
@@ -330,9 +383,30 @@ class Store:
         labels: Iterable[str],
         timeout_s: float | None,
         owner_id: str,
+        options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
     ) -> Job:
+        """Record a new queued job with its labels and dependencies.
+
+        Every id in ``options.after`` must name an existing job (``InvalidRequest`` otherwise).
+        Dependencies can only name jobs that exist already and never change afterwards, so
+        they cannot form a cycle.
+        """
         now = utcnow()
+        opts = options
+        after = sorted(set(opts.after))
         async with self._write() as conn:
+            if after:
+                found = set(
+                    (await conn.execute(select(JobRow.id).where(JobRow.id.in_(after))))
+                    .scalars()
+                    .all()
+                )
+                missing = [d for d in after if d not in found]
+                if missing:
+                    raise InvalidRequest(
+                        f"after: no job with id {', '.join(map(repr, missing))}. Give ids of "
+                        "existing jobs (see `list`)."
+                    )
             await conn.execute(
                 insert(JobRow).values(
                     id=job_id,
@@ -344,12 +418,23 @@ class Store:
                     created_at=now,
                     timeout_s=timeout_s,
                     owner_id=owner_id,
+                    pty=opts.pty,
+                    term_rows=opts.rows,
+                    term_cols=opts.cols,
+                    priority=opts.priority,
+                    idle_timeout_s=opts.idle_timeout_s,
+                    run_anyway=opts.run_anyway,
+                    rerun_of=opts.rerun_of,
                 )
             )
             unique = sorted(set(labels))
             if unique:
                 await conn.execute(
                     insert(JobLabelRow), [{"job_id": job_id, "label": lb} for lb in unique]
+                )
+            if after:
+                await conn.execute(
+                    insert(JobDependencyRow), [{"job_id": job_id, "depends_on": d} for d in after]
                 )
             await conn.execute(
                 insert(JobEventRow).values(
@@ -367,6 +452,14 @@ class Store:
             created_at=now,
             owner_id=owner_id,
             timeout_s=timeout_s,
+            pty=opts.pty,
+            rows=opts.rows,
+            cols=opts.cols,
+            priority=opts.priority,
+            idle_timeout_s=opts.idle_timeout_s,
+            after=tuple(after),
+            run_anyway=opts.run_anyway,
+            rerun_of=opts.rerun_of,
             events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
         )
 
@@ -396,7 +489,7 @@ class Store:
         it (if it was) in the same transaction, so a kill requested by any server counts."""
         async with self._write() as conn:
             job = await self._load(conn, job_id, events=False)
-            out = decide_outcome(returncode, job.end_cause)
+            out = decide_outcome(returncode, job.end_cause, job.idle_timeout_s)
             return await self._transition(
                 conn,
                 job,
@@ -451,15 +544,15 @@ class Store:
 
     async def request_end(self, job_id: str, cause: EndCause) -> Job:
         """Record why the server is stopping an active job, before any signal is sent; the first
-        cause wins (a timeout that fires during a kill stays a kill)."""
+        cause wins (a timeout that fires during a kill stays a kill), except that an interrupt
+        note gives way to any real stop request."""
+        unset: ColumnElement[bool] = JobRow.end_cause.is_(None)
+        if cause is not EndCause.INTERRUPT:
+            unset = or_(unset, JobRow.end_cause == EndCause.INTERRUPT)
         async with self._write() as conn:
             await conn.execute(
                 update(JobRow)
-                .where(
-                    JobRow.id == job_id,
-                    JobRow.status.in_(ACTIVE),
-                    JobRow.end_cause.is_(None),
-                )
+                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), unset)
                 .values(end_cause=cause)
             )
             return await self._load(conn, job_id)
@@ -474,6 +567,45 @@ class Store:
                 .values(owner_id=to_owner)
             )
             return result.rowcount == 1
+
+    async def queue_state(self, owner_id: str, limit: int) -> QueueState:
+        """The server's queue, read in one transaction: up to ``limit`` queued jobs whose
+        dependencies allow them to start (highest priority first, then oldest), the queued jobs
+        that never can (a dependency did not complete and the job does not run anyway), and how
+        many jobs it has queued in all."""
+        own = and_(JobRow.owner_id == owner_id, JobRow.status == JobStatus.QUEUED)
+        unfinished = _has_dependency(_DEP.status.in_(ACTIVE))
+        unsuccessful = _has_dependency(_DEP.status != JobStatus.COMPLETED)
+        async with self._read() as conn:
+            startable: list[Job] = []
+            if limit > 0:
+                rows = await conn.execute(
+                    select(*_JOB_COLUMNS)
+                    .where(own, ~unfinished, or_(JobRow.run_anyway, ~unsuccessful))
+                    .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
+                    .limit(limit)
+                )
+                startable = [_job(r) for r in rows]
+            doomed: dict[str, str] = {}
+            for job_id, dep_id, status, exit_code, sig, reason in await conn.execute(
+                select(JobRow.id, _DEP.id, _DEP.status, _DEP.exit_code, _DEP.signal, _DEP.reason)
+                .select_from(JobRow)
+                .join(JobDependencyRow, JobDependencyRow.job_id == JobRow.id)
+                .join(_DEP, _DEP.id == JobDependencyRow.depends_on)
+                .where(
+                    own,
+                    JobRow.run_anyway.is_(False),
+                    _DEP.status.in_(TERMINAL - {JobStatus.COMPLETED}),
+                )
+                .order_by(JobRow.created_at, _DEP.id)
+            ):
+                doomed.setdefault(
+                    job_id, dependency_failure(dep_id, JobStatus(status), exit_code, sig, reason)
+                )
+            queued = (
+                await conn.execute(select(func.count()).select_from(JobRow).where(own))
+            ).scalar_one()
+        return QueueState(startable, list(doomed.items()), queued)
 
     async def _load(self, conn: AsyncConnection, job_id: str, *, events: bool = True) -> Job:
         return await conn.run_sync(_load, job_id, events)
@@ -555,17 +687,21 @@ class Store:
         jobs = jobs[:limit]
         return jobs, (encode_list_cursor(jobs[-1]) if more else None)
 
-    async def active_jobs(self, owner_ids: Iterable[str | None]) -> list[Job]:
-        """Queued or running jobs of the given servers (``None``: jobs whose owner row is gone)."""
-        owners = list(owner_ids)
-        named = [o for o in owners if o is not None]
-        cond: ColumnElement[bool] = JobRow.owner_id.in_(named)
-        if None in owners:
-            cond = or_(cond, JobRow.owner_id.is_(None))
+    async def orphaned_jobs(self, dead_owner_ids: Iterable[str]) -> list[Job]:
+        """Jobs nobody will look after: queued or running jobs of the given (dead) servers or
+        of no server, and queued jobs of servers that stopped. Oldest first."""
+        stopped = select(ServerRow.id).where(ServerRow.stopped_at.is_not(None))
         async with self._read() as conn:
             rows = await conn.execute(
                 select(*_JOB_COLUMNS)
-                .where(JobRow.status.in_(ACTIVE), cond)
+                .where(
+                    JobRow.status.in_(ACTIVE),
+                    or_(
+                        JobRow.owner_id.in_(list(dead_owner_ids)),
+                        JobRow.owner_id.is_(None),
+                        and_(JobRow.status == JobStatus.QUEUED, JobRow.owner_id.in_(stopped)),
+                    ),
+                )
                 .order_by(JobRow.created_at, JobRow.id)
             )
             return [_job(r) for r in rows]

@@ -77,8 +77,9 @@ async def test_restart_keeps_history(db: Path) -> None:
 
 
 async def test_sigterm_is_a_graceful_shutdown_too(db: Path) -> None:
-    """Some clients stop a server with SIGTERM instead of closing stdin; running and queued jobs
-    are then recorded as stopped by the shutdown, not left to look lost."""
+    """Some clients stop a server with SIGTERM instead of closing stdin; running jobs are then
+    recorded as stopped by the shutdown, not left to look lost, and queued jobs stay queued
+    until the next server runs them."""
     async with start_server(db, env={"MCP_BACKGROUND_JOB_MAX_CONCURRENT": "1"}) as s:
         running = await s.execute("echo hi; sleep 300")
         queued = await s.execute("echo queued")
@@ -88,15 +89,18 @@ async def test_sigterm_is_a_graceful_shutdown_too(db: Path) -> None:
         await wait_for(lambda: not is_running(s.pid), message="the server to exit")
     assert not is_running(running["pid"])
 
+    left = query(db, "select status, owner_id from jobs where id = ?", queued["id"])
+    assert left == [("queued", s.server_id)]
+
     async with start_server(db) as after:
-        for job, path in (
-            (running, ["queued", "running", "killed"]),
-            (queued, ["queued", "killed"]),
-        ):
-            view = await after.call("status", job_id=job["id"])
-            assert (view["status"], view["reason"]) == ("killed", "server shutdown"), view
-            assert [t["status"] for t in view["transitions"]] == path
+        view = await after.call("status", job_id=running["id"])
+        assert (view["status"], view["reason"]) == ("killed", "server shutdown"), view
+        assert [t["status"] for t in view["transitions"]] == ["queued", "running", "killed"]
         assert (await after.read_all(running["id"]))[0] == "hi\n"
+        ran = await after.wait_done(queued["id"])
+        assert (ran["status"], ran["owner"]) == ("completed", after.server_id)
+        assert [t["status"] for t in ran["transitions"]] == ["queued", "running", "completed"]
+        assert (await after.read_all(queued["id"]))[0] == "queued\n"
         stopped = dict(query(db, "select id, stopped_at from servers"))
         assert stopped[s.server_id] is not None
 

@@ -249,6 +249,7 @@ async def test_round_trip_in_both_protocol_eras(
         tools = {t.name for t in await s.client.list_tools()}
         assert tools == {
             "execute", "list", "status", "output", "tail", "interact", "kill", "wait", "audit",
+            "rerun",
         }  # fmt: skip
         job = await s.execute("printf 'era %s\\n' ok")
         done = await s.wait_done(job["id"])
