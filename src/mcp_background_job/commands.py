@@ -180,24 +180,32 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
     caught = {signal.SIGINT: "INT", signal.SIGTERM: "TERM", signal.SIGHUP: "HUP"}
+    job_id: str | None = None
+    stops = 0
+    early: list[signal.Signals] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        # Like a terminal's Ctrl-C for a foreground job; a second one kills at once. A signal
+        # that comes while the job is being started is applied once it has an id.
+        nonlocal stops
+        if job_id is None:
+            early.append(signum)
+            return
+        stops += 1
+        name = caught[signum] if stops == 1 else "KILL"
+        grace = settings.kill_grace_s if stops == 1 else 0.0
+        task = loop.create_task(app.kill(job_id, name, grace), name=f"kill-{name}")
+        tasks.add(task)
+
+    for signum in caught:
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
         job_view = await app.execute(line, args.cwd, env, args.timeout, args.label or [])
         job_id = job_view.id
         if not args.quiet:
             _note(f"job {job_id} started: {line}")
-        stops = 0
-
-        def on_signal(signum: signal.Signals) -> None:
-            # Like a terminal's Ctrl-C for a foreground job; a second one kills at once.
-            nonlocal stops
-            stops += 1
-            name = caught[signum] if stops == 1 else "KILL"
-            grace = settings.kill_grace_s if stops == 1 else 0.0
-            task = loop.create_task(app.kill(job_id, name, grace), name=f"kill-{name}")
-            tasks.add(task)
-
-        for signum in caught:
-            loop.add_signal_handler(signum, on_signal, signum)
+        for signum in early:
+            on_signal(signum)
         tasks.add(loop.create_task(_forward_stdin(app, job_id), name="stdin"))
         sink = FileSink(
             {Stream.STDOUT: sys.stdout.buffer, Stream.STDERR: sys.stderr.buffer}, sys.stderr
