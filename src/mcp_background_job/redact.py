@@ -100,6 +100,10 @@ _TRIGGERS = re2.compile(
 def _options() -> re2.Options:
     opts = re2.Options()
     opts.log_errors = False
+    # The combined rules need more DFA memory than RE2's default 8 MiB to extract matches: with
+    # it, every secret found fell back to the NFA (measured: 2 MB/s with a secret every
+    # thousand lines of a build log; 72 MB/s with 32 MiB, which RE2 only uses as needed).
+    opts.max_mem = 32 * 1024 * 1024
     return opts
 
 
