@@ -364,11 +364,8 @@ class Store:
             )
 
     async def servers_not_stopped(self, exclude: str) -> list[ServerInstance]:
-        async with self._read() as conn:
-            rows = await conn.execute(
-                select(ServerRow).where(ServerRow.stopped_at.is_(None), ServerRow.id != exclude)
-            )
-            return [_server(r) for r in rows]
+        query = select(ServerRow).where(ServerRow.stopped_at.is_(None), ServerRow.id != exclude)
+        return await self._query(lambda conn: [_server(r) for r in conn.execute(query)])
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -890,22 +887,25 @@ class Store:
         """Status changes recorded after event ``after``, oldest first, and the newest event id
         (lower than ``after`` when pruning removed the newest events: start again from it)."""
         e = JobEventRow
-        async with self._read() as conn:
-            rows = (
-                await conn.execute(
-                    select(e.id, e.job_id, e.to_status, e.from_status)
-                    .where(e.id > after)
-                    .order_by(e.id)
-                    .limit(limit)
-                )
+
+        def work(conn: Connection) -> tuple[list[tuple[int, str, str, str | None]], int]:
+            rows = conn.execute(
+                select(e.id, e.job_id, e.to_status, e.from_status)
+                .where(e.id > after)
+                .order_by(e.id)
+                .limit(limit)
             ).all()
-            top = (await conn.execute(select(func.max(e.id)))).scalar_one_or_none() or 0
+            top = conn.execute(select(func.max(e.id))).scalar_one_or_none() or 0
+            return [(r[0], r[1], r[2], r[3]) for r in rows], top
+
+        # Polled twice a second for resource subscribers: one trip to a reader thread.
+        rows, top = await self._query(work)
         changes = [StatusChange(i, j, JobStatus(to), frm is None) for i, j, to, frm in rows]
         return changes, top
 
     async def get_server(self, server_id: str) -> ServerInstance | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(ServerRow).where(ServerRow.id == server_id))).first()
+        query = select(ServerRow).where(ServerRow.id == server_id)
+        row = await self._query(lambda conn: conn.execute(query).first())
         return None if row is None else _server(row)
 
     async def stats(self, *, longest: int = 5) -> Stats:
