@@ -183,6 +183,56 @@ async def test_wait_reports_progress_and_timeout(app: App) -> None:
     assert r.finished and r.job.status is JobStatus.KILLED
 
 
+async def test_many_submissions_at_once_keep_the_limit_and_the_order(tmp_path: Path) -> None:
+    """Concurrent executes start themselves outside the start lock: the limit must still hold
+    at every moment, and queued jobs must still start oldest first."""
+    app = await App.open(Settings(db=tmp_path / "jobs.db", max_concurrent=3, subreaper=False))
+    try:
+        views = await asyncio.gather(*(app.execute(f"sleep 0.05; exit {i % 2}") for i in range(30)))
+        assert sum(v.status is JobStatus.RUNNING for v in views) == 3
+        ended = [await _ended(app, v.id) for v in views]
+        assert [j.exit_code for j in ended] == [i % 2 for i in range(30)]
+        # Never more than 3 at once, from the recorded start and end times.
+        edges = sorted(
+            [(j.started_at, 1) for j in ended] + [(j.ended_at, -1) for j in ended],
+            key=lambda e: (e[0], e[1]),
+        )
+        running = peak = 0
+        for _, step in edges:
+            running += step
+            peak = max(peak, running)
+        assert peak == 3
+        queued = [j for j, v in zip(ended, views, strict=True) if v.status is JobStatus.QUEUED]
+        starts = [j.started_at for j in queued]
+        assert starts == sorted(starts)
+    finally:
+        await app.close()
+
+
+async def test_wait_many(app: App) -> None:
+    ok, bad = await app.execute("true"), await app.execute("exit 3")
+    r = await app.wait_many([bad.id[:6], ok.id], timeout_s=10)
+    assert r.finished and r.counts == {"failed": 1, "completed": 1}
+    assert [(j.id, j.exit_code) for j in r.jobs] == [(bad.id, 3), (ok.id, 0)]
+    quick = await app.execute("sleep 0.2", labels=["shard"])
+    slow = await app.execute("sleep 30", labels=["shard"])
+    r = await app.wait_many(label="shard", return_when="first", timeout_s=10)
+    assert r.finished and r.counts == {"completed": 1, "running": 1}
+    assert [j.id for j in r.jobs] == [quick.id, slow.id]
+    r = await app.wait_many([quick.id], label="shard", timeout_s=0.2)
+    assert not r.finished and "call wait_many again" in r.message
+    assert [j.id for j in r.jobs] == [quick.id, slow.id]  # the label adds only active jobs
+    await app.kill(slow.id, grace_s=0)
+    r = await app.wait_many(label="shard", timeout_s=1)  # none active any more
+    assert r.finished and r.jobs == []
+    with pytest.raises(InvalidRequest, match="Pass job_ids, a label, or both"):
+        await app.wait_many()
+    with pytest.raises(JobNotFound):
+        await app.wait_many([ok.id, "0123456789ab"])
+    with pytest.raises(InvalidRequest, match="at most 500"):
+        await app.wait_many([f"{i:012x}" for i in range(501)])
+
+
 async def test_shutdown_kills_running_jobs_and_the_next_server_runs_queued_ones(
     tmp_path: Path,
 ) -> None:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from mcp_background_job.db import utcnow
-from mcp_background_job.errors import InvalidRequest, JobNotFound, TransitionConflict
+from mcp_background_job.errors import (
+    InvalidRequest,
+    JobNotFound,
+    StorageError,
+    TransitionConflict,
+)
 from mcp_background_job.jobs import EndCause, JobOptions, JobStatus, ServerInstance, Stream
 from mcp_background_job.store import JobFilter, OutputBatch, QueueState, Store
+
+from .conftest import wait_for
 
 
 async def _server(store: Store, sid: str = "srv000000001") -> str:
@@ -271,3 +279,75 @@ async def test_an_interrupt_note_gives_way_to_a_stop_request(store: Store) -> No
     assert job.end_cause is EndCause.KILL
     for cause in (EndCause.INTERRUPT, EndCause.TIMEOUT):  # the first real cause stays
         assert (await store.request_end("aaa000000001", cause)).end_cause is EndCause.KILL
+
+
+async def _hold_writer(writer: Any) -> tuple[asyncio.Future[Any], threading.Event]:
+    """Keep the writer thread busy in one unit until the returned event is set."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(_conn: Any) -> None:
+        entered.set()
+        gate.wait(10)
+
+    blocked = asyncio.ensure_future(writer.run(hold))
+    await wait_for(entered.is_set)
+    return blocked, gate
+
+
+def _writer(tmp_path: Any) -> Any:
+    from mcp_background_job.db import Writer, make_sync_engine
+
+    engine = make_sync_engine(tmp_path / "w.db")
+    return Writer(engine), engine
+
+
+async def test_writer_groups_commits_and_an_error_undoes_only_its_unit(tmp_path: Any) -> None:
+    from sqlalchemy import text
+
+    writer, engine = _writer(tmp_path)
+    writer.start()
+    await writer.run(lambda c: c.exec_driver_sql("CREATE TABLE t (x INTEGER)"))
+    blocked, gate = await _hold_writer(writer)
+
+    def insert(x: int) -> Any:
+        def work(c: Any) -> int:
+            c.execute(text("INSERT INTO t VALUES (:x)"), {"x": x})
+            if x == 5:
+                raise ValueError("unit 5 fails after its insert")
+            return x
+
+        return work
+
+    units = [asyncio.ensure_future(writer.run(insert(x))) for x in range(10)]
+    await asyncio.sleep(0)  # the tasks run once: all ten units are queued, as one group
+    gate.set()
+    await blocked
+    results = await asyncio.gather(*units, return_exceptions=True)
+    assert isinstance(results[5], ValueError)
+    assert [r for i, r in enumerate(results) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    rows = await writer.run(lambda c: c.exec_driver_sql("SELECT x FROM t ORDER BY x").all())
+    assert [r[0] for r in rows] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    await writer.close()
+    engine.dispose()
+
+
+async def test_writer_finishes_a_cancelled_callers_write_and_refuses_after_close(
+    tmp_path: Any,
+) -> None:
+
+    writer, engine = _writer(tmp_path)
+    writer.start()
+    await writer.run(lambda c: c.exec_driver_sql("CREATE TABLE t (x INTEGER)"))
+    blocked, gate = await _hold_writer(writer)
+    sql = "INSERT INTO t VALUES (1)"
+    call = asyncio.ensure_future(writer.run(lambda c: c.exec_driver_sql(sql)))
+    await asyncio.sleep(0)  # queued
+    call.cancel()
+    gate.set()
+    await blocked
+    rows = await writer.run(lambda c: c.exec_driver_sql("SELECT count(*) FROM t").scalar())
+    assert rows == 1
+    await writer.close()
+    with pytest.raises(StorageError, match="closed"):
+        await writer.run(lambda c: None)
+    engine.dispose()

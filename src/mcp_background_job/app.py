@@ -27,7 +27,7 @@ from .config import Settings
 from .db import AUDIT_KINDS, utcnow
 from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited
 from .isolation import Isolation, detect
-from .jobs import AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
+from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
 from .models import (
     AuditResult,
     AuditView,
@@ -37,6 +37,8 @@ from .models import (
     OutputResult,
     ReturnedBecause,
     TailResult,
+    WaitedJob,
+    WaitManyResult,
     WaitResult,
     summary,
     view,
@@ -60,6 +62,8 @@ MAX_TAIL_LINES = 10_000
 #: ``wait`` returns before the 60 s request timeout of common clients.
 MAX_WAIT_S = 50.0
 PROGRESS_EVERY_S = 5.0
+#: Jobs one ``wait_many`` call can wait for (its result lists each: ~60 bytes a job).
+MAX_WAIT_JOBS = 500
 _LABEL = re.compile(r"^[\w.:/@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
@@ -956,6 +960,85 @@ class App:
             if timeout_s > MAX_WAIT_S:
                 message += f" (One call waits at most {MAX_WAIT_S:.0f} s, under clients' timeouts.)"
         return WaitResult(finished=finished, waited_s=waited, message=message, job=self._view(job))
+
+    async def wait_many(
+        self,
+        job_ids: Sequence[str] = (),
+        label: str | None = None,
+        return_when: Literal["all", "first"] = "all",
+        timeout_s: float = 30.0,
+        progress: ProgressFn | None = None,
+    ) -> WaitManyResult:
+        """Wait for several jobs at once: the given ids, plus the jobs with ``label`` that are
+        queued or running now; until all have ended (or the first, ``return_when="first"``)."""
+        if timeout_s < 0:
+            raise InvalidRequest("timeout_s must be 0 or more.")
+        if not job_ids and label is None:
+            raise InvalidRequest("Pass job_ids, a label, or both: the jobs to wait for.")
+        ids = list(dict.fromkeys([await self.store.resolve_id(j) for j in job_ids]))
+        if label is not None:
+            labelled, _ = await self.store.list_jobs(
+                JobFilter(label=label, statuses=ACTIVE), limit=MAX_WAIT_JOBS + 1
+            )
+            ids += [j.id for j in reversed(labelled) if j.id not in ids]  # oldest first
+        if len(ids) > MAX_WAIT_JOBS:
+            raise InvalidRequest(
+                f"That is {len(ids)} jobs; one call waits for at most {MAX_WAIT_JOBS}. Wait for "
+                "them in groups."
+            )
+        missing = set(ids) - (await self.store.get_jobs(ids)).keys()
+        if missing:
+            raise JobNotFound(", ".join(sorted(missing)))
+        capped = min(timeout_s, MAX_WAIT_S)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        waits = {asyncio.ensure_future(self.runner.wait_end(j, capped)) for j in ids}
+        try:
+            pending = set(waits)
+            while pending:
+                left = capped - (loop.time() - began)
+                if left <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=min(PROGRESS_EVERY_S, left),
+                    return_when="FIRST_COMPLETED" if return_when == "first" else "ALL_COMPLETED",
+                )
+                if return_when == "first" and any(d.result() for d in done):
+                    break
+                if pending and progress is not None:
+                    waited = loop.time() - began
+                    ended = len(ids) - len(pending)
+                    await progress(waited, capped, f"{ended} of {len(ids)} jobs ended")
+        finally:
+            for w in waits:
+                w.cancel()
+        waited = round(loop.time() - began, 3)
+        jobs = await self.store.get_jobs(ids)
+        ordered = [jobs[j] for j in ids if j in jobs]  # a job pruned meanwhile is left out
+        ended = sum(j.status.is_terminal for j in ordered)
+        finished = ended == len(ordered) or (return_when == "first" and ended > 0)
+        counts: dict[str, int] = {}
+        for j in ordered:
+            counts[j.status.value] = counts.get(j.status.value, 0) + 1
+        tally = ", ".join(f"{n} {status}" for status, n in counts.items())
+        if finished:
+            message = f"{ended} of {len(ordered)} jobs have ended ({tally})."
+        else:
+            message = (
+                f"{ended} of {len(ordered)} jobs have ended after {waited:.1f} s ({tally}); call "
+                "wait_many again."
+            )
+        return WaitManyResult(
+            finished=finished,
+            waited_s=waited,
+            message=message,
+            counts=counts,
+            jobs=[
+                WaitedJob(id=j.id, status=j.status, exit_code=j.exit_code, signal=j.signal)
+                for j in ordered
+            ],
+        )
 
 
 # --- pure helpers --------------------------------------------------------------------------

@@ -13,14 +13,18 @@ batch migrations.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import queue
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -48,13 +52,14 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .errors import StorageError
 from .jobs import JobStatus, Stream
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -250,24 +255,17 @@ metadata = Base.metadata
 # --- engines -------------------------------------------------------------------------------
 
 
-def _configure(
-    engine: Engine, *, begin: str, nice: int = 0, manual_checkpoints: bool = False
-) -> None:
+def _configure(engine: Engine, *, begin: str, manual_checkpoints: bool = False) -> None:
     """Per-connection pragmas, and transactions begun by us instead of the legacy driver logic.
 
     ``BEGIN IMMEDIATE`` for writers takes the write lock up front so the busy timeout applies; a
     deferred ``BEGIN`` that later upgrades to a write fails at once with "database is locked".
-    ``nice``: CPU priority for the thread that runs this connection's statements (aiosqlite
-    gives each connection its own thread; a SQL function is the way to run code in it).
     """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        if nice:
-            dbapi_conn.create_function("mcpbj_nice", 0, lambda: lower_thread_priority(nice))
-            cur.execute("SELECT mcpbj_nice()")
         if manual_checkpoints:
             # Checkpoints copy the WAL into the file and fsync it: the costliest part of storing
             # output. The owner runs them when output has been stored, not after every commit.
@@ -305,27 +303,167 @@ def lower_thread_priority(nice: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, tid)
 
 
-def make_async_engine(
-    path: Path, *, writer: bool, pool_size: int = 1, nice: int = 0
-) -> AsyncEngine:
-    url = URL.create("sqlite+aiosqlite", database=str(path))
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
-    _configure(
-        engine.sync_engine,
-        begin="BEGIN IMMEDIATE" if writer else "BEGIN",
-        nice=nice,
-        manual_checkpoints=writer,
-    )
-    return engine
-
-
-def make_sync_engine(path: Path, *, writer: bool = True, pool_size: int = 5) -> Engine:
-    """A plain sqlite3 engine: the store's readers (run in threads), Alembic's command line."""
+def make_sync_engine(
+    path: Path, *, writer: bool = True, pool_size: int = 5, manual_checkpoints: bool = False
+) -> Engine:
+    """A plain sqlite3 engine: the store's writer and readers (run in threads), Alembic's
+    command line."""
     engine = create_engine(
         URL.create("sqlite", database=str(path)), pool_size=pool_size, max_overflow=0
     )
-    _configure(engine, begin="BEGIN IMMEDIATE" if writer else "BEGIN")
+    _configure(
+        engine,
+        begin="BEGIN IMMEDIATE" if writer else "BEGIN",
+        manual_checkpoints=manual_checkpoints,
+    )
     return engine
+
+
+#: Write units committed in one transaction at most: bounds how long a group holds the lock.
+GROUP_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    work: Callable[[Connection], Any]
+    transaction: bool
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+class Writer:
+    """The process's one write connection, owned by one thread, with group commit.
+
+    Callers hand it units of work (functions of a ``Connection``). Every unit waiting when the
+    thread comes round runs in one ``BEGIN IMMEDIATE`` transaction; if one raises, the
+    transaction is undone and run again without it, so an error undoes only the unit that
+    raised. Units are functions of the database alone, so running one again is safe. A unit
+    costs one thread hop however many
+    statements it runs (aiosqlite hops once per statement: under CPU load each hop waits for a
+    time slice), and concurrent writes share a commit.
+
+    A unit that was handed over is carried out even if its caller is cancelled: the end of a job
+    is recorded although the call that recorded it went away.
+    """
+
+    def __init__(self, engine: Engine, *, nice: int = 0) -> None:
+        self._engine = engine
+        self._nice = nice
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="db-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
+        """Run ``work`` on the write connection, in a transaction (shared with the other units
+        waiting), or alone outside any transaction (``transaction=False``: VACUUM, checkpoints,
+        migrations, which manage their own)."""
+        if self._thread is None or self._closed:
+            raise StorageError("The database is closed (the server is stopping).")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Unit(work, transaction, loop, future))
+        return await future
+
+    async def close(self) -> None:
+        """Finish the units already handed over, then close the connection."""
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _main(self) -> None:
+        if self._nice:
+            lower_thread_priority(self._nice)
+        carry: list[_Unit | None] = []
+        with self._engine.connect() as conn:
+            while True:
+                unit = carry.pop() if carry else self._queue.get()
+                if unit is None:
+                    return
+                if not unit.transaction:
+                    self._run_alone(conn, unit)
+                    continue
+                group = [unit]
+                while len(group) < GROUP_MAX:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None or not more.transaction:
+                        carry.append(more)
+                        break
+                    group.append(more)
+                self._run_group(conn, group)
+
+    def _run_alone(self, conn: Connection, unit: _Unit) -> None:
+        try:
+            outcome = (unit, True, unit.work(conn))
+        except Exception as exc:  # noqa: BLE001 (handed to the caller)
+            outcome = (unit, False, exc)
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+        _deliver([outcome])
+
+    def _run_group(self, conn: Connection, group: list[_Unit]) -> None:
+        outcomes: list[_Outcome] = []
+        while group:
+            done: list[_Outcome] = []
+            try:
+                with conn.begin():
+                    for unit in group:
+                        try:
+                            done.append((unit, True, unit.work(conn)))
+                        except Exception as exc:
+                            raise _UnitFailed(unit, exc) from exc
+            except _UnitFailed as failed:
+                # The whole transaction is undone; the others run again without that unit.
+                # (Cheaper than a savepoint around every unit: errors are rare.)
+                outcomes.append((failed.unit, False, failed.error))
+                group = [u for u in group if u is not failed.unit]
+                continue
+            except Exception as exc:  # noqa: BLE001 (the commit failed: to every caller)
+                done = [(u, False, exc) for u in group]
+            outcomes += done
+            break
+        _deliver(outcomes)
+
+
+_Outcome = tuple[_Unit, bool, Any]
+
+
+class _UnitFailed(Exception):
+    def __init__(self, unit: _Unit, error: Exception) -> None:
+        super().__init__(str(error))
+        self.unit, self.error = unit, error
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Hand results to their callers: one wake-up of each event loop for the whole group (each
+    wake-up is a write to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, some in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, some)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.debug("write_results_undelivered count=%d", len(some))
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for unit, ok, value in outcomes:
+        if unit.future.done():  # the caller was cancelled; the write happened anyway
+            continue
+        if ok:
+            unit.future.set_result(value)
+        else:
+            unit.future.set_exception(value)
 
 
 # --- migrations ----------------------------------------------------------------------------
@@ -410,8 +548,3 @@ def _pragmas(raw: Any, *pragmas: str) -> None:
     for pragma in pragmas:
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
-
-
-async def migrate(engine: AsyncEngine) -> None:
-    async with engine.connect() as conn:
-        await conn.run_sync(upgrade_to_head)

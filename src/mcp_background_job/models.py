@@ -152,6 +152,25 @@ class WaitResult(_Model):
     job: JobView
 
 
+class WaitedJob(_Model):
+    """A job as ``wait_many`` leaves it (``status`` for the rest)."""
+
+    id: str
+    status: JobStatus
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+class WaitManyResult(_Model):
+    finished: bool = Field(
+        description="True when all the jobs have ended (the first one, with return_when=first)."
+    )
+    waited_s: float
+    message: str
+    counts: dict[str, int] = Field(description="How many of the jobs are in each status.")
+    jobs: list[WaitedJob] = Field(description="Every job waited for, in the order given.")
+
+
 def duration(job: Job, now: datetime) -> float | None:
     if job.started_at is None:
         return None

@@ -119,6 +119,11 @@ class Runner:
         self._done: dict[str, asyncio.Event] = {}
         self._queued = 0  # own queued jobs, as the last look at the queue found
         self._start_lock = asyncio.Lock()
+        # Jobs submit() is starting itself, outside the start lock: each holds a slot, and the
+        # scheduler does not see them until they run.
+        self._direct: set[str] = set()
+        self._direct_idle = asyncio.Event()
+        self._direct_idle.set()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._finishing: set[asyncio.Task[None]] = set()
@@ -169,6 +174,7 @@ class Runner:
         # A start in progress finishes first: cancelled between the spawn and the running row,
         # a job would run while recorded as queued, and the next server would run it again.
         async with self._start_lock:
+            await self._direct_idle.wait()
             for task in list(self._tasks):
                 if task.get_name() != "ingest":
                     task.cancel()
@@ -232,9 +238,9 @@ class Runner:
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
 
-        async def create() -> Job:
+        async def create(job_id: str) -> Job:
             job = await self.store.create_job(
-                job_id=uuid.uuid4().hex[:JOB_ID_LENGTH],
+                job_id=job_id,
                 command=command,
                 cwd=cwd,
                 shell=shell or self.settings.shell,
@@ -247,21 +253,39 @@ class Runner:
             self._done[job.id] = asyncio.Event()
             return job
 
-        if not options.after and not self._queued:
-            # Created under the start lock: the scheduler, which starts jobs only under it,
-            # cannot start this one too before it is decided here.
-            async with self._start_lock:
-                job = await create()
-                if (
-                    not self._closing
-                    and not self._queued
-                    and len(self._running) < self.settings.max_concurrent
-                ):
-                    return await self._start(job)
-        else:
-            job = await create()
+        job_id = uuid.uuid4().hex[:JOB_ID_LENGTH]
+        if not options.after and not self._queued and self._free_slots() > 0:
+            # Started here, not by the scheduler: many submissions at once are created and
+            # started concurrently (their writes share commits) instead of one at a time under
+            # the start lock. Taking the slot has no await before it, so it cannot be oversold.
+            self._direct.add(job_id)
+            self._direct_idle.clear()
+            try:
+                job = await create(job_id)
+            except BaseException:
+                self._release(job_id)
+                raise
+            if self._closing:
+                self._release(job_id)
+                return job  # left queued: the next server on the database starts it
+            # Shielded: a cancelled call must not leave a spawned job recorded as queued.
+            start = asyncio.ensure_future(self._start(job))
+            start.add_done_callback(lambda _: self._release(job_id))
+            return await asyncio.shield(start)
+        job = await create(job_id)
+        if self._free_slots() <= 0:
+            self._queued += 1  # later submissions queue behind it; the scheduler recounts
+            return job
         started = await self._schedule()
         return started.get(job.id) or await self.store.get_job(job.id)
+
+    def _release(self, job_id: str) -> None:
+        self._direct.discard(job_id)
+        if not self._direct:
+            self._direct_idle.set()
+
+    def _free_slots(self) -> int:
+        return self.settings.max_concurrent - len(self._running.keys() | self._direct)
 
     async def _scheduler(self) -> None:
         while True:
@@ -280,8 +304,10 @@ class Runner:
         started: dict[str, Job] = {}
         async with self._start_lock:
             while not self._closing:
-                free = self.settings.max_concurrent - len(self._running)
-                state = await self.store.queue_state(self.server_id, free)
+                free = self._free_slots()
+                state = await self.store.queue_state(
+                    self.server_id, free, starting=frozenset(self._direct)
+                )
                 for job_id, reason in state.doomed:
                     with contextlib.suppress(TransitionConflict):
                         await self.store.transition(
@@ -294,8 +320,9 @@ class Runner:
                         log.info("job_not_started id=%s reason=%s", job_id, reason)
                     self._set_done(job_id)
                 self._queued = state.queued - len(state.doomed)
-                for job in state.startable:
-                    started[job.id] = await self._start(job)
+                # Concurrently: their running rows share a commit.
+                for job in await asyncio.gather(*(self._start(j) for j in state.startable)):
+                    started[job.id] = job
                     self._queued -= 1
                 if not state.doomed:
                     break  # else their own dependents may now be doomed too: look again

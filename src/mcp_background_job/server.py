@@ -44,6 +44,7 @@ from .app import (
     MAX_PRIORITY,
     MAX_READ_BYTES,
     MAX_TAIL_LINES,
+    MAX_WAIT_JOBS,
     App,
     Client,
 )
@@ -58,6 +59,7 @@ from .models import (
     ListResult,
     OutputResult,
     TailResult,
+    WaitManyResult,
     WaitResult,
 )
 from .store import StatusChange
@@ -562,6 +564,37 @@ def create_server(settings: Settings, isolation: Isolation | None = None) -> Fas
             await ctx.report_progress(done, total, message)
 
         return await _call(app.wait(job_id, timeout_s, progress))
+
+    @mcp.tool(title="Wait for several jobs", annotations=_READ)
+    async def wait_many(
+        job_ids: Annotated[
+            list[str],
+            Field(max_length=MAX_WAIT_JOBS, description="Ids of the jobs (unique prefixes work)."),
+        ] = [],  # noqa: B006 (pydantic copies defaults)
+        label: Annotated[
+            str | None,
+            Field(description="Also every job with this label that is queued or running now."),
+        ] = None,
+        return_when: Annotated[
+            Literal["all", "first"],
+            Field(description="all: when every job has ended; first: when one has."),
+        ] = "all",
+        timeout_s: Annotated[
+            float,
+            Field(ge=0, description="Longest wait; one call waits at most 50 s (client limits)."),
+        ] = 30.0,
+        ctx: Context = CurrentContext(),
+        app: App = Depends(get_app),
+    ) -> WaitManyResult:
+        """Wait for a batch of jobs in one call (say the shards of a test run): returns when all
+        have ended (or the first, return_when=first) or TIMEOUT_S passed (finished=false: call
+        again), with each job's status and exit code and a count per status. Sends progress
+        notifications while waiting."""
+
+        async def progress(done: float, total: float, message: str) -> None:
+            await ctx.report_progress(done, total, message)
+
+        return await _call(app.wait_many(job_ids, label, return_when, timeout_s, progress))
 
     @mcp.tool(title="Security audit log", annotations=_READ)
     async def audit(

@@ -1,8 +1,10 @@
 """The storage gateway: the only module that writes SQL. It returns frozen records from ``jobs``.
 
-All writes of a process go through one connection, one transaction at a time (``BEGIN IMMEDIATE``):
-SQLite has one writer anyway, and a single writer path keeps commit latency flat. Reads use a
-small pool of their own and short transactions, so a long read never holds the WAL open.
+All writes of a process go through one connection owned by one thread (``db.Writer``), which
+commits the writes waiting at the same moment together (``BEGIN IMMEDIATE``): SQLite has one
+writer anyway, and a single writer path keeps commit latency flat. Reads run in a small pool of
+reader threads, each read in one trip and one short transaction, so a read never holds the WAL
+open. Either way a call costs one thread hop, not one per statement.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Executable,
     Row,
     and_,
     bindparam,
@@ -34,7 +37,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
 from . import db
@@ -260,6 +262,48 @@ def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
     return replace(_job(row, evs), waiting_on=waiting_on)
 
 
+def _transition(
+    conn: Connection,
+    job: Job,
+    to: JobStatus,
+    server_id: str | None,
+    reason: str | None,
+    only_from: frozenset[JobStatus] | None,
+    values: Mapping[str, Any] | None,
+) -> Job:
+    """Move ``job`` (as read in this transaction) to ``to``, with its event row."""
+    allowed = sources_of(to) & (only_from if only_from is not None else sources_of(to))
+    if job.status not in allowed:
+        raise TransitionConflict(
+            f"job {job.id} is {job.status}; cannot move to {to} "
+            f"(allowed from: {', '.join(sorted(allowed))})"
+        )
+    now = utcnow()
+    row_values: dict[str, Any] = {"status": to, **(values or {})}
+    if to is JobStatus.RUNNING:
+        row_values.setdefault("started_at", now)
+    if to.is_terminal:
+        row_values.setdefault("ended_at", now)
+        row_values.setdefault("reason", reason)
+    result = conn.execute(
+        update(JobRow).where(JobRow.id == job.id, JobRow.status == job.status).values(**row_values)
+    )
+    if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
+        raise TransitionConflict(f"job {job.id} changed status during the update")
+    conn.execute(
+        insert(JobEventRow),
+        {
+            "job_id": job.id,
+            "at": now,
+            "from_status": job.status,
+            "to_status": to,
+            "reason": reason,
+            "server_id": server_id,
+        },
+    )
+    return replace(job, **row_values)
+
+
 def _server(row: Row[Any]) -> ServerInstance:
     m = row._mapping
     return ServerInstance(
@@ -295,21 +339,21 @@ class Store:
 
     def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
+        self._write_engine = db.make_sync_engine(path, pool_size=1, manual_checkpoints=True)
         # Most writes are output; a nicer writer thread leaves the CPU to the jobs producing it.
-        self._writer = db.make_async_engine(path, writer=True, nice=writer_nice)
-        self._reader = db.make_async_engine(path, writer=False, pool_size=read_pool)
+        self._writer = db.Writer(self._write_engine, nice=writer_nice)
         self._sync_reader = db.make_sync_engine(path, writer=False, pool_size=read_pool)
         self._read_pool = ThreadPoolExecutor(read_pool, "db-read")
-        self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Create the file (owner-only) if needed and migrate it to the newest schema."""
         db.ensure_db_file(self.path)
-        await db.migrate(self._writer)
+        self._writer.start()
+        await self._writer.run(db.upgrade_to_head, transaction=False)
 
     async def close(self) -> None:
-        await self._writer.dispose()
-        await self._reader.dispose()
+        await self._writer.close()
+        self._write_engine.dispose()
         self._read_pool.shutdown(wait=True)
         self._sync_reader.dispose()
 
@@ -323,45 +367,35 @@ class Store:
         """Copy the WAL into the database file (without waiting for readers), on the writer
         connection: a second connection checkpointing while this one writes can hit a WAL-reset
         bug in SQLite < 3.51.3."""
-        async with self._write_lock, self._writer.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            assert driver is not None
-            await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        await self._writer.run(
+            lambda conn: _driver_sql(conn, "PRAGMA wal_checkpoint(PASSIVE)"), transaction=False
+        )
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.begin() as conn:
-            yield conn
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a write transaction (maybe shared with other writes: group commit)."""
+        return await self._writer.run(work)
 
     # --- servers --------------------------------------------------------------------------
 
     async def register_server(self, server: ServerInstance, version: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                insert(ServerRow).values(
-                    id=server.id,
-                    pid=server.pid,
-                    pid_start=server.pid_start,
-                    boot_id=server.boot_id,
-                    hostname=server.hostname,
-                    version=version,
-                    started_at=server.started_at,
-                )
-            )
+        row = {
+            "id": server.id,
+            "pid": server.pid,
+            "pid_start": server.pid_start,
+            "boot_id": server.boot_id,
+            "hostname": server.hostname,
+            "version": version,
+            "started_at": server.started_at,
+        }
+        await self._write(lambda conn: conn.execute(insert(ServerRow), row))
 
     async def mark_server_stopped(self, server_id: str) -> None:
-        async with self._write() as conn:
-            await conn.execute(
-                update(ServerRow)
-                .where(ServerRow.id == server_id, ServerRow.stopped_at.is_(None))
-                .values(stopped_at=utcnow())
-            )
+        stmt = (
+            update(ServerRow)
+            .where(ServerRow.id == server_id, ServerRow.stopped_at.is_(None))
+            .values(stopped_at=utcnow())
+        )
+        await self._write(lambda conn: conn.execute(stmt))
 
     async def servers_not_stopped(self, exclude: str) -> list[ServerInstance]:
         query = select(ServerRow).where(ServerRow.stopped_at.is_(None), ServerRow.id != exclude)
@@ -391,12 +425,30 @@ class Store:
         now = utcnow()
         opts = options
         after = sorted(set(opts.after))
-        async with self._write() as conn:
+        unique = sorted(set(labels))
+        row = {
+            "id": job_id,
+            "command": command,
+            "cwd": cwd,
+            "shell": shell,
+            "env": json.dumps(dict(env)),
+            "status": JobStatus.QUEUED,
+            "created_at": now,
+            "timeout_s": timeout_s,
+            "owner_id": owner_id,
+            "pty": opts.pty,
+            "term_rows": opts.rows,
+            "term_cols": opts.cols,
+            "priority": opts.priority,
+            "idle_timeout_s": opts.idle_timeout_s,
+            "run_anyway": opts.run_anyway,
+            "rerun_of": opts.rerun_of,
+        }
+
+        def work(conn: Connection) -> None:
             if after:
                 found = set(
-                    (await conn.execute(select(JobRow.id).where(JobRow.id.in_(after))))
-                    .scalars()
-                    .all()
+                    conn.execute(select(JobRow.id).where(JobRow.id.in_(after))).scalars().all()
                 )
                 missing = [d for d in after if d not in found]
                 if missing:
@@ -404,40 +456,22 @@ class Store:
                         f"after: no job with id {', '.join(map(repr, missing))}. Give ids of "
                         "existing jobs (see `list`)."
                     )
-            await conn.execute(
-                insert(JobRow).values(
-                    id=job_id,
-                    command=command,
-                    cwd=cwd,
-                    shell=shell,
-                    env=json.dumps(dict(env)),
-                    status=JobStatus.QUEUED,
-                    created_at=now,
-                    timeout_s=timeout_s,
-                    owner_id=owner_id,
-                    pty=opts.pty,
-                    term_rows=opts.rows,
-                    term_cols=opts.cols,
-                    priority=opts.priority,
-                    idle_timeout_s=opts.idle_timeout_s,
-                    run_anyway=opts.run_anyway,
-                    rerun_of=opts.rerun_of,
-                )
-            )
-            unique = sorted(set(labels))
+            # Parameters rather than .values(): the statement's cache key stays the same.
+            conn.execute(insert(JobRow), row)
             if unique:
-                await conn.execute(
+                conn.execute(
                     insert(JobLabelRow), [{"job_id": job_id, "label": lb} for lb in unique]
                 )
             if after:
-                await conn.execute(
+                conn.execute(
                     insert(JobDependencyRow), [{"job_id": job_id, "depends_on": d} for d in after]
                 )
-            await conn.execute(
-                insert(JobEventRow).values(
-                    job_id=job_id, at=now, to_status=JobStatus.QUEUED, server_id=owner_id
-                )
+            conn.execute(
+                insert(JobEventRow),
+                {"job_id": job_id, "at": now, "to_status": JobStatus.QUEUED, "server_id": owner_id},
             )
+
+        await self._write(work)
         return Job(
             id=job_id,
             command=command,
@@ -475,19 +509,23 @@ class Store:
         Raises ``TransitionConflict`` if the job is not in an allowed status (someone else moved
         it first); never overwrites a status it did not expect. The returned job has no events.
         """
-        async with self._write() as conn:
-            job = await self._load(conn, job_id, events=False)
-            return await self._transition(conn, job, to, server_id, reason, only_from, values)
+
+        def work(conn: Connection) -> Job:
+            job = _load(conn, job_id, events=False)
+            return _transition(conn, job, to, server_id, reason, only_from, values)
+
+        return await self._write(work)
 
     async def record_exit(
         self, job_id: str, returncode: int, ended_at: datetime, *, server_id: str
     ) -> Job:
         """Record how a running job's main process ended, reading why the server was stopping
         it (if it was) in the same transaction, so a kill requested by any server counts."""
-        async with self._write() as conn:
-            job = await self._load(conn, job_id, events=False)
+
+        def work(conn: Connection) -> Job:
+            job = _load(conn, job_id, events=False)
             out = decide_outcome(returncode, job.end_cause, job.idle_timeout_s)
-            return await self._transition(
+            return _transition(
                 conn,
                 job,
                 out.status,
@@ -497,47 +535,7 @@ class Store:
                 {"exit_code": out.exit_code, "signal": out.signal, "ended_at": ended_at},
             )
 
-    async def _transition(
-        self,
-        conn: AsyncConnection,
-        job: Job,
-        to: JobStatus,
-        server_id: str | None,
-        reason: str | None,
-        only_from: frozenset[JobStatus] | None,
-        values: Mapping[str, Any] | None,
-    ) -> Job:
-        allowed = sources_of(to) & (only_from if only_from is not None else sources_of(to))
-        if job.status not in allowed:
-            raise TransitionConflict(
-                f"job {job.id} is {job.status}; cannot move to {to} "
-                f"(allowed from: {', '.join(sorted(allowed))})"
-            )
-        now = utcnow()
-        row_values: dict[str, Any] = {"status": to, **(values or {})}
-        if to is JobStatus.RUNNING:
-            row_values.setdefault("started_at", now)
-        if to.is_terminal:
-            row_values.setdefault("ended_at", now)
-            row_values.setdefault("reason", reason)
-        result = await conn.execute(
-            update(JobRow)
-            .where(JobRow.id == job.id, JobRow.status == job.status)
-            .values(**row_values)
-        )
-        if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
-            raise TransitionConflict(f"job {job.id} changed status during the update")
-        await conn.execute(
-            insert(JobEventRow).values(
-                job_id=job.id,
-                at=now,
-                from_status=job.status,
-                to_status=to,
-                reason=reason,
-                server_id=server_id,
-            )
-        )
-        return replace(job, **row_values)
+        return await self._write(work)
 
     async def request_end(self, job_id: str, cause: EndCause) -> Job:
         """Record why the server is stopping an active job, before any signal is sent; the first
@@ -546,37 +544,46 @@ class Store:
         unset: ColumnElement[bool] = JobRow.end_cause.is_(None)
         if cause is not EndCause.INTERRUPT:
             unset = or_(unset, JobRow.end_cause == EndCause.INTERRUPT)
-        async with self._write() as conn:
-            await conn.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), unset)
-                .values(end_cause=cause)
-            )
-            return await self._load(conn, job_id)
+        stmt = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), unset)
+            .values(end_cause=cause)
+        )
+
+        def work(conn: Connection) -> Job:
+            conn.execute(stmt)
+            return _load(conn, job_id)
+
+        return await self._write(work)
 
     async def claim(self, job_id: str, from_owner: str | None, to_owner: str) -> bool:
         """Take over an active job of a dead server; False if another server took it first."""
         owner = JobRow.owner_id.is_(None) if from_owner is None else JobRow.owner_id == from_owner
-        async with self._write() as conn:
-            result = await conn.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), owner)
-                .values(owner_id=to_owner)
-            )
-            return result.rowcount == 1
+        stmt = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.status.in_(ACTIVE), owner)
+            .values(owner_id=to_owner)
+        )
+        return await self._write(lambda conn: conn.execute(stmt).rowcount == 1)
 
-    async def queue_state(self, owner_id: str, limit: int) -> QueueState:
+    async def queue_state(
+        self, owner_id: str, limit: int, *, starting: frozenset[str] = frozenset()
+    ) -> QueueState:
         """The server's queue, read in one transaction: up to ``limit`` queued jobs whose
         dependencies allow them to start (highest priority first, then oldest), the queued jobs
         that never can (a dependency did not complete and the job does not run anyway), and how
-        many jobs it has queued in all."""
+        many jobs it has queued in all. Jobs in ``starting`` (being started already) are left
+        out."""
         own = and_(JobRow.owner_id == owner_id, JobRow.status == JobStatus.QUEUED)
+        if starting:
+            own = and_(own, JobRow.id.not_in(sorted(starting)))
         unfinished = _has_dependency(_DEP.status.in_(ACTIVE))
         unsuccessful = _has_dependency(_DEP.status != JobStatus.COMPLETED)
-        async with self._read() as conn:
+
+        def work(conn: Connection) -> QueueState:
             startable: list[Job] = []
             if limit > 0:
-                rows = await conn.execute(
+                rows = conn.execute(
                     select(*_JOB_COLUMNS)
                     .where(own, ~unfinished, or_(JobRow.run_anyway, ~unsuccessful))
                     .order_by(JobRow.priority.desc(), JobRow.created_at, JobRow.id)
@@ -584,7 +591,7 @@ class Store:
                 )
                 startable = [_job(r) for r in rows]
             doomed: dict[str, str] = {}
-            for job_id, dep_id, status, exit_code, sig, reason in await conn.execute(
+            for job_id, dep_id, status, exit_code, sig, reason in conn.execute(
                 select(JobRow.id, _DEP.id, _DEP.status, _DEP.exit_code, _DEP.signal, _DEP.reason)
                 .select_from(JobRow)
                 .join(JobDependencyRow, JobDependencyRow.job_id == JobRow.id)
@@ -599,13 +606,10 @@ class Store:
                 doomed.setdefault(
                     job_id, dependency_failure(dep_id, JobStatus(status), exit_code, sig, reason)
                 )
-            queued = (
-                await conn.execute(select(func.count()).select_from(JobRow).where(own))
-            ).scalar_one()
-        return QueueState(startable, list(doomed.items()), queued)
+            queued = conn.execute(select(func.count()).select_from(JobRow).where(own)).scalar_one()
+            return QueueState(startable, list(doomed.items()), queued)
 
-    async def _load(self, conn: AsyncConnection, job_id: str, *, events: bool = True) -> Job:
-        return await conn.run_sync(_load, job_id, events)
+        return await self._query(work)
 
     async def _query(self, work: Callable[[Connection], T]) -> T:
         """Run a read in one trip to a reader thread (a plain sqlite3 connection).
@@ -645,6 +649,12 @@ class Store:
 
     async def get_job(self, job_id: str, *, events: bool = True) -> Job:
         return await self._query(lambda conn: _load(conn, job_id, events))
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
+        """The jobs of these ids that exist (without events), by id."""
+        query = select(*_JOB_COLUMNS).where(JobRow.id.in_(sorted(set(job_ids))))
+        jobs = await self._query(lambda conn: [_job(r) for r in conn.execute(query)])
+        return {j.id: j for j in jobs}
 
     async def list_jobs(
         self, flt: JobFilter, *, limit: int, cursor: str | None = None
@@ -688,20 +698,19 @@ class Store:
         """Jobs nobody will look after: queued or running jobs of the given (dead) servers or
         of no server, and queued jobs of servers that stopped. Oldest first."""
         stopped = select(ServerRow.id).where(ServerRow.stopped_at.is_not(None))
-        async with self._read() as conn:
-            rows = await conn.execute(
-                select(*_JOB_COLUMNS)
-                .where(
-                    JobRow.status.in_(ACTIVE),
-                    or_(
-                        JobRow.owner_id.in_(list(dead_owner_ids)),
-                        JobRow.owner_id.is_(None),
-                        and_(JobRow.status == JobStatus.QUEUED, JobRow.owner_id.in_(stopped)),
-                    ),
-                )
-                .order_by(JobRow.created_at, JobRow.id)
+        query = (
+            select(*_JOB_COLUMNS)
+            .where(
+                JobRow.status.in_(ACTIVE),
+                or_(
+                    JobRow.owner_id.in_(list(dead_owner_ids)),
+                    JobRow.owner_id.is_(None),
+                    and_(JobRow.status == JobStatus.QUEUED, JobRow.owner_id.in_(stopped)),
+                ),
             )
-            return [_job(r) for r in rows]
+            .order_by(JobRow.created_at, JobRow.id)
+        )
+        return await self._query(lambda conn: [_job(r) for r in conn.execute(query)])
 
     # --- output ---------------------------------------------------------------------------
 
@@ -712,12 +721,13 @@ class Store:
             for b in batches
             for s, q, o, d in b.chunks
         ]
-        async with self._write() as conn:
+
+        def work(conn: Connection) -> None:
             if rows:
-                await conn.execute(insert(OutputChunkRow), rows)
+                conn.execute(insert(OutputChunkRow), rows)
             for b in batches:
                 for stream, lo, hi in b.drops:
-                    await conn.execute(
+                    conn.execute(
                         delete(OutputChunkRow).where(
                             OutputChunkRow.job_id == b.job_id,
                             OutputChunkRow.stream == stream,
@@ -726,30 +736,30 @@ class Store:
                         )
                     )
                 if b.counters:
-                    await conn.execute(
-                        update(JobRow).where(JobRow.id == b.job_id).values(**b.counters)
-                    )
+                    conn.execute(update(JobRow).where(JobRow.id == b.job_id).values(**b.counters))
+
+        await self._write(work)
 
     async def chunk_layout(self, job_id: str, stream: Stream) -> tuple[list[tuple[int, int]], int]:
         """(offset, length) of every stored chunk of a stream, and the highest seq of the job.
 
         Used to resume ingestion of a job this process did not start (after a crash).
         """
-        async with self._read() as conn:
+        c = OutputChunkRow
+
+        def work(conn: Connection) -> tuple[list[tuple[int, int]], int]:
             layout = [
                 (r[0], r[1])
-                for r in await conn.execute(
-                    select(OutputChunkRow.byte_offset, func.length(OutputChunkRow.data))
-                    .where(OutputChunkRow.job_id == job_id, OutputChunkRow.stream == stream)
-                    .order_by(OutputChunkRow.byte_offset)
+                for r in conn.execute(
+                    select(c.byte_offset, func.length(c.data))
+                    .where(c.job_id == job_id, c.stream == stream)
+                    .order_by(c.byte_offset)
                 )
             ]
-            top = (
-                await conn.execute(
-                    select(func.max(OutputChunkRow.seq)).where(OutputChunkRow.job_id == job_id)
-                )
-            ).scalar_one_or_none()
-        return layout, (top if top is not None else -1)
+            top = conn.execute(select(func.max(c.seq)).where(c.job_id == job_id)).scalar_one()
+            return layout, (top if top is not None else -1)
+
+        return await self._query(work)
 
     async def read_stream(
         self, job_id: str, stream: Stream, start: int, max_bytes: int, *, whole_rows: bool = False
@@ -913,21 +923,20 @@ class Store:
         duration = func.julianday(func.coalesce(j.ended_at, func.datetime("now"))) - func.julianday(
             j.started_at
         )
-        async with self._read() as conn:
-            counts = (await conn.execute(select(j.status, func.count()).group_by(j.status))).all()
-            totals = (
-                await conn.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(func.sum(j.stdout_bytes + j.stderr_bytes), 0),
-                        func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0),
-                        func.coalesce(func.sum(j.stdout_dropped + j.stderr_dropped), 0),
-                        func.min(j.created_at),
-                        func.max(j.created_at),
-                    )
+
+        def work(conn: Connection) -> tuple[Any, Any, tuple[Job, ...], list[int]]:
+            counts = conn.execute(select(j.status, func.count()).group_by(j.status)).all()
+            totals = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(j.stdout_bytes + j.stderr_bytes), 0),
+                    func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0),
+                    func.coalesce(func.sum(j.stdout_dropped + j.stderr_dropped), 0),
+                    func.min(j.created_at),
+                    func.max(j.created_at),
                 )
             ).one()
-            rows = await conn.execute(
+            rows = conn.execute(
                 select(*_JOB_COLUMNS)
                 .where(j.started_at.is_not(None))
                 .order_by(duration.desc())
@@ -935,9 +944,12 @@ class Store:
             )
             slow = tuple(_job(r) for r in rows)
             pages = [
-                (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+                conn.exec_driver_sql(f"PRAGMA {name}").scalar_one()
                 for name in ("page_size", "page_count", "freelist_count")
             ]
+            return counts, totals, slow, pages
+
+        counts, totals, slow, pages = await self._query(work)
         order = {s: i for i, s in enumerate(JobStatus)}
         by_status = tuple(sorted(((JobStatus(s), n) for s, n in counts), key=lambda x: order[x[0]]))
         return Stats(
@@ -970,22 +982,21 @@ class Store:
         base = select(j.id, j.status, j.ended_at, stored).where(
             j.status.in_(sorted(kept)), j.ended_at.is_not(None)
         )
-        chosen: dict[str, PruneCandidate] = {}
-        async with self._read() as conn:
+
+        def work(conn: Connection) -> dict[str, PruneCandidate]:
+            chosen: dict[str, PruneCandidate] = {}
             if ended_before is not None:
-                for r in await conn.execute(base.where(j.ended_at < ended_before)):
+                for r in conn.execute(base.where(j.ended_at < ended_before)):
                     chosen[r.id] = PruneCandidate(r.id, JobStatus(r.status), r.ended_at, r.stored)
             if max_output_bytes is not None:
-                total = (
-                    await conn.execute(
-                        select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0))
-                    )
+                total = conn.execute(
+                    select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0))
                 ).scalar_one()
                 excess = total - max_output_bytes - sum(c.stored_bytes for c in chosen.values())
                 page = base.order_by(j.ended_at, j.id).limit(PRUNE_BATCH_ROWS)
                 offset = 0
                 while excess > 0:
-                    rows = (await conn.execute(page.offset(offset))).all()
+                    rows = conn.execute(page.offset(offset)).all()
                     if not rows:
                         break
                     offset += len(rows)
@@ -997,6 +1008,9 @@ class Store:
                                 r.id, JobStatus(r.status), r.ended_at, r.stored
                             )
                             excess -= r.stored
+            return chosen
+
+        chosen = await self._query(work)
         return sorted(chosen.values(), key=lambda c: (c.ended_at, c.job_id))
 
     async def delete_jobs(
@@ -1010,30 +1024,18 @@ class Store:
         for start in range(0, len(job_ids), _PRUNE_JOBS_PER_TXN):
             group = list(job_ids[start : start + _PRUNE_JOBS_PER_TXN])
             ended = select(j.id).where(j.id.in_(group), j.status.in_(sorted(TERMINAL)))
+            some_rows = delete(c).where(
+                c.id.in_(select(c.id).where(c.job_id.in_(ended)).limit(batch_rows))
+            )
             while True:
-                async with self._write() as conn:
-                    result = await conn.execute(
-                        delete(c).where(
-                            c.id.in_(select(c.id).where(c.job_id.in_(ended)).limit(batch_rows))
-                        )
-                    )
-                chunks += result.rowcount
-                if result.rowcount < batch_rows:
+                # One transaction per batch; other writes queued meanwhile go in between.
+                deleted = await self._write(partial(_rowcount, some_rows))
+                chunks += deleted
+                if deleted < batch_rows:
                     break
-                await asyncio.sleep(0)  # let this process's other writers in between batches
-            async with self._write() as conn:
-                freed += (
-                    await conn.execute(
-                        select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0)).where(
-                            j.id.in_(ended)
-                        )
-                    )
-                ).scalar_one()
-                result = await conn.execute(
-                    delete(j).where(j.id.in_(group), j.status.in_(sorted(TERMINAL)))
-                )
-                jobs += result.rowcount
-            await asyncio.sleep(0)
+            size, count = await self._write(partial(_drop_ended, group))
+            freed += size
+            jobs += count
         return PruneResult(jobs=jobs, chunks=chunks, output_bytes=freed)
 
     async def vacuum(self) -> None:
@@ -1041,37 +1043,39 @@ class Store:
 
         VACUUM cannot run in a transaction: it goes through the driver connection directly.
         """
-        async with self._write_lock, self._writer.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.execute("VACUUM")
-            await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        def work(conn: Connection) -> None:
+            _driver_sql(conn, "VACUUM")
+            _driver_sql(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._writer.run(work, transaction=False)
 
     # --- audit log ------------------------------------------------------------------------
 
     async def record_audit(self, event: AuditEvent) -> AuditEvent:
         """Append one audit event; returns it with its id and time."""
         now = utcnow()
-        async with self._write() as conn:
-            result = await conn.execute(
-                insert(AuditEventRow).values(
-                    at=now,
-                    server_id=event.server_id,
-                    kind=event.kind,
-                    decision=event.decision,
-                    rule=event.rule,
-                    matched=event.matched,
-                    job_id=event.job_id,
-                    command=event.command,
-                    cwd=event.cwd,
-                    client_name=event.client_name,
-                    client_version=event.client_version,
-                    session_id=event.session_id,
-                    detail=json.dumps(event.detail, sort_keys=True, default=str),
-                )
-            )
-            new_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
-        return replace(event, id=new_id, at=now)
+        row = {
+            "at": now,
+            "server_id": event.server_id,
+            "kind": event.kind,
+            "decision": event.decision,
+            "rule": event.rule,
+            "matched": event.matched,
+            "job_id": event.job_id,
+            "command": event.command,
+            "cwd": event.cwd,
+            "client_name": event.client_name,
+            "client_version": event.client_version,
+            "session_id": event.session_id,
+            "detail": json.dumps(event.detail, sort_keys=True, default=str),
+        }
+
+        def work(conn: Connection) -> int | None:
+            result = conn.execute(insert(AuditEventRow), row)
+            return result.inserted_primary_key[0] if result.inserted_primary_key else None
+
+        return replace(event, id=await self._write(work), at=now)
 
     async def list_audit(
         self,
@@ -1093,8 +1097,8 @@ class Store:
             query = query.where(a.job_id == job_id)
         if before_id is not None:
             query = query.where(a.id < before_id)
-        async with self._read() as conn:
-            rows = (await conn.execute(query.order_by(a.id.desc()).limit(limit))).all()
+        query = query.order_by(a.id.desc()).limit(limit)
+        rows = await self._query(lambda conn: conn.execute(query).all())
         return [
             AuditEvent(
                 kind=r.kind,
@@ -1132,8 +1136,28 @@ class Store:
             )
             .values(data=bindparam("d"))
         )
-        async with self._write() as conn:
-            await conn.execute(
-                stmt,
-                [{"j": job_id, "s": stream, "o": o, "n": len(d), "d": d} for o, d in updates],
-            )
+        params = [{"j": job_id, "s": stream, "o": o, "n": len(d), "d": d} for o, d in updates]
+        await self._write(lambda conn: conn.execute(stmt, params))
+
+
+def _rowcount(stmt: Executable, conn: Connection) -> int:
+    return conn.execute(stmt).rowcount
+
+
+def _drop_ended(job_ids: list[str], conn: Connection) -> tuple[int, int]:
+    """Delete those of the jobs that ended (their events and labels cascade); returns the output
+    bytes they held and how many were deleted."""
+    j = JobRow
+    ended = and_(j.id.in_(job_ids), j.status.in_(sorted(TERMINAL)))
+    size = conn.execute(
+        select(func.coalesce(func.sum(j.stdout_stored + j.stderr_stored), 0)).where(ended)
+    ).scalar_one()
+    return size, conn.execute(delete(j).where(ended)).rowcount
+
+
+def _driver_sql(conn: Connection, sql: str) -> None:
+    """Run ``sql`` on the driver connection itself, outside any transaction (VACUUM and
+    checkpoints cannot run inside one; SQLAlchemy would begin one first)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    raw.execute(sql).close()

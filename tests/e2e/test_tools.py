@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import subprocess
 from pathlib import Path
@@ -248,8 +249,8 @@ async def test_round_trip_in_both_protocol_eras(
         assert s.client.protocol_version == version
         tools = {t.name for t in await s.client.list_tools()}
         assert tools == {
-            "execute", "list", "status", "output", "tail", "interact", "kill", "wait", "audit",
-            "rerun",
+            "execute", "list", "status", "output", "tail", "interact", "kill", "wait", "wait_many",
+            "audit", "rerun",
         }  # fmt: skip
         job = await s.execute("printf 'era %s\\n' ok")
         done = await s.wait_done(job["id"])
@@ -279,3 +280,18 @@ async def test_database_is_private_and_readable_by_sqlite3_cli(db: Path) -> None
         assert out.stdout.splitlines() == [f"{done['id']}|failed|4", f"{running['id']}|running|"]
         # the server still works while (and after) another process reads the file
         assert (await s.call("status", job_id=running["id"]))["status"] == "running"
+
+
+async def test_many_jobs_at_once_then_wait_many(db: Path) -> None:
+    """Submitted concurrently, as an agent's parallel tool calls are: the concurrency limit
+    holds, every job runs, and one wait_many call reports them all."""
+    async with start_server(db, env={"MCP_BACKGROUND_JOB_MAX_CONCURRENT": "3"}) as s:
+        jobs = await asyncio.gather(*(s.execute(f"exit {i % 3}") for i in range(24)))
+        ids = [j["id"] for j in jobs]
+        r = await s.call("wait_many", job_ids=ids, timeout_s=30)
+        assert r["finished"], r
+        assert r["counts"] == {"completed": 8, "failed": 16}
+        assert [j["id"] for j in r["jobs"]] == ids
+        assert [j["exit_code"] for j in r["jobs"]] == [i % 3 for i in range(24)]
+        with pytest.raises(ToolError, match="Pass job_ids, a label, or both"):
+            await s.call("wait_many")
