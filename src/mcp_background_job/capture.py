@@ -87,6 +87,7 @@ class Ingester:
         self._dir = settings.spool_path
         self._captures: dict[str, Capture] = {}
         self._lock = asyncio.Lock()
+        self._retired: list[Capture] = []  # finished while a pass ran: closed by the next
         self._head = settings.max_output_bytes // 4
         self._tail = settings.max_output_bytes - self._head
         self._puncher = _HolePuncher()
@@ -172,6 +173,17 @@ class Ingester:
         # Only what was written when the job ended: a background grandchild that keeps the
         # file open and keeps writing must not keep this loop going.
         target = self._sizes(job_id)
+        cap = self._captures.get(job_id)
+        if cap is not None and all(st.offset >= target.get(s, 0) for s, st in cap.streams.items()):
+            # All of it is stored already (or it printed nothing): no pass, so no wait for a
+            # background pass to finish. One in progress may still read these files: they are
+            # closed by whichever pass comes next.
+            del self._captures[job_id]
+            if self._lock.locked():
+                self._retired.append(cap)
+            else:
+                self._close(cap, unlink=True)
+            return
         while job_id in self._captures and await self._pass([job_id]):
             cap = self._captures[job_id]
             if all(st.offset >= target.get(s, 0) for s, st in cap.streams.items()):
@@ -208,6 +220,7 @@ class Ingester:
 
     async def close(self) -> None:
         async with self._lock:
+            self._close_retired()
             for cap in self._captures.values():
                 self._close(cap, unlink=False)
             self._captures.clear()
@@ -222,8 +235,13 @@ class Ingester:
                 with contextlib.suppress(FileNotFoundError):
                     st.path.unlink()
 
+    def _close_retired(self) -> None:
+        while self._retired:
+            self._close(self._retired.pop(), unlink=True)
+
     async def _pass(self, only: Iterable[str] | None) -> bool:
         async with self._lock:
+            self._close_retired()
             if only is None:
                 caps = list(self._captures.values())
                 self._rotate = (self._rotate + 1) % max(1, len(caps))

@@ -584,7 +584,8 @@ class Runner:
             proctree.signal_pids(pids, signal.SIGKILL)
             await asyncio.sleep(_POLL_S)
             pids = await asyncio.to_thread(tree)
-        log.warning("job_tree_survived id=%s pids=%s", job.id, sorted(pids))
+        if pids:  # (the last sweep may have found none left)
+            log.warning("job_tree_survived id=%s pids=%s", job.id, sorted(pids))
 
     # --- stdin and waiting ----------------------------------------------------------------
 

@@ -228,28 +228,37 @@ def _has_dependency(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
     )
 
 
+# The statements run for every job (loads and status changes) are built once, with bind
+# parameters: building one per call cost more than running it (its cache key is computed anew
+# each time; a built statement keeps its own).
+_LOAD_JOB = select(*_JOB_COLUMNS).where(JobRow.id == bindparam("job_id"))
+_WAITING_ON = (
+    select(_DEP.id)
+    .select_from(JobDependencyRow)
+    .join(_DEP, _DEP.id == JobDependencyRow.depends_on)
+    .where(JobDependencyRow.job_id == bindparam("job_id"), _DEP.status.in_(ACTIVE))
+    .order_by(_DEP.id)
+)
+_EVENTS = (
+    select(JobEventRow).where(JobEventRow.job_id == bindparam("job_id")).order_by(JobEventRow.id)
+)
+#: The SET clause comes from the parameters given with it (``b_`` names are the WHERE's).
+_SET_STATUS = update(JobRow).where(
+    JobRow.id == bindparam("b_id"), JobRow.status == bindparam("b_from")
+)
+
+
 def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
-    row = (conn.execute(select(*_JOB_COLUMNS).where(JobRow.id == job_id))).first()
+    key = {"job_id": job_id}
+    row = conn.execute(_LOAD_JOB, key).first()
     if row is None:
         raise JobNotFound(job_id)
     waiting_on: tuple[str, ...] = ()
     if row._mapping["status"] == JobStatus.QUEUED and row._mapping["after"] != "[]":
-        waiting_on = tuple(
-            conn.execute(
-                select(_DEP.id)
-                .select_from(JobDependencyRow)
-                .join(_DEP, _DEP.id == JobDependencyRow.depends_on)
-                .where(JobDependencyRow.job_id == job_id, _DEP.status.in_(ACTIVE))
-                .order_by(_DEP.id)
-            )
-            .scalars()
-            .all()
-        )
+        waiting_on = tuple(conn.execute(_WAITING_ON, key).scalars().all())
     evs: list[JobEvent] = []
     if events:
-        for e in conn.execute(
-            select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)
-        ):
+        for e in conn.execute(_EVENTS, key):
             evs.append(
                 JobEvent(
                     at=e.at,
@@ -285,9 +294,7 @@ def _transition(
     if to.is_terminal:
         row_values.setdefault("ended_at", now)
         row_values.setdefault("reason", reason)
-    result = conn.execute(
-        update(JobRow).where(JobRow.id == job.id, JobRow.status == job.status).values(**row_values)
-    )
+    result = conn.execute(_SET_STATUS, {"b_id": job.id, "b_from": job.status, **row_values})
     if result.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; never overwrite
         raise TransitionConflict(f"job {job.id} changed status during the update")
     conn.execute(
