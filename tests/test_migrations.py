@@ -401,3 +401,17 @@ def _one(path: Path, sql: str) -> int:
         return int(con.execute(sql).fetchone()[0])
     finally:
         con.close()
+
+
+def test_deleting_a_job_finds_its_reruns_by_index(tmp_path: Path) -> None:
+    # What the foreign key's ON DELETE SET NULL runs for each deleted job (0006).
+    path = tmp_path / "jobs.db"
+    _migrated(path)
+    con = sqlite3.connect(path)
+    try:
+        plan = con.execute(
+            "explain query plan update jobs set rerun_of = null where rerun_of = 'x'"
+        ).fetchall()
+        assert "USING INDEX ix_jobs_rerun_of" in plan[0][3]
+    finally:
+        con.close()

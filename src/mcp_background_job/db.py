@@ -143,6 +143,9 @@ class JobRow(Base):
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at"),
         Index(None, "owner_id", "status"),
+        # Deleting a job sets rerun_of to NULL in its reruns (the foreign key): without this
+        # index each deleted job meant a scan of every job (migration 0006).
+        Index(None, "rerun_of"),
     )
     id: Mapped[str] = mapped_column(String, primary_key=True)
     command: Mapped[str] = mapped_column(Text)
