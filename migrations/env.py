@@ -3,7 +3,7 @@
 from alembic import context
 
 from mcp_background_job.config import Settings
-from mcp_background_job.db import ensure_db_file, make_sync_engine, metadata
+from mcp_background_job.db import ensure_db_file, include_name, make_sync_engine, metadata
 
 
 def run(connection) -> None:
@@ -12,6 +12,7 @@ def run(connection) -> None:
         target_metadata=metadata,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode recreates tables
         compare_type=True,
+        include_name=include_name,  # the command search index (FTS5) is not a model
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -269,8 +269,8 @@ def make_history_db(db: Path, n: int) -> None:
         [(r[0], r[6], "running", r[5]) for r in rows],
     )
     con.executemany(
-        "insert into job_labels values (?, ?)",
-        [(r[0], f"shard-{i % 13}") for i, r in enumerate(rows)],
+        "insert into job_labels (job_id, label, job_created_at) values (?, ?, ?)",
+        [(r[0], f"shard-{i % 13}", r[6]) for i, r in enumerate(rows)],
     )
     con.commit()
     con.close()

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from mcp_background_job.db import alembic_config
 
 from .fixtures.make_db import JOBS, make_db
+from .fixtures.schema import assert_search_in_sync
 
 EXE = Path(sys.executable).with_name("mcp-background-job")
 ANSI = b"\x1b["
@@ -351,6 +352,7 @@ def test_db_upgrade_current_history_and_downgrade(old_db: Path) -> None:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert f"0001 -> {head}" in ok(cli("db", "upgrade", db=old_db))
     assert ok(cli("db", "current", db=old_db)).split() == [head, "(head)"]
+    assert_search_in_sync(old_db)
     history = ok(cli("db", "history", db=old_db))
     assert f"-> {head} (head) (current)" in history and "<base> -> 0001" in history
     ok(cli("db", "downgrade", "0001", db=old_db))
@@ -367,8 +369,10 @@ def test_db_prune_and_vacuum(old_db: Path) -> None:
     ok(cli("db", "prune", "--older-than", "1m", db=old_db))
     # Only the running job is left, however old it is.
     assert query(old_db, "select id, status from jobs") == [("dddd00000005", "running")]
+    assert_search_in_sync(old_db)
     assert "->" in ok(cli("db", "vacuum", db=old_db))
     assert query(old_db, "pragma freelist_count") == [(0,)]
+    assert_search_in_sync(old_db)  # VACUUM keeps the rowids the index points at
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from mcp_background_job.store import JobFilter, Store
 
 from .conftest import wait_for
 from .fixtures.make_db import JOBS, NOW, make_db
+from .fixtures.schema import assert_search_in_sync
 
 FIXTURE_IDS = {j.id for j in JOBS}
 STORED = {j.id: len(j.stdout) + len(j.stderr) for j in JOBS}
@@ -67,6 +68,7 @@ async def test_delete_jobs_in_small_batches_with_their_rows(old_store: Store) ->
     finally:
         con.close()
     assert _ids(old_store.path) == FIXTURE_IDS - {"aaaa00000001", "aaaa00000002"}
+    assert_search_in_sync(old_store.path)
 
 
 async def test_active_jobs_are_never_deleted(app: App) -> None:
@@ -141,6 +143,7 @@ async def test_retention_prunes_in_the_background_and_logs(
     finally:
         await app.close()
     assert "dddd00000005" in _ids(path)
+    assert_search_in_sync(path)
 
 
 async def test_retention_by_total_output_size(tmp_path: Path) -> None:
@@ -158,3 +161,4 @@ async def test_retention_by_total_output_size(tmp_path: Path) -> None:
         assert (result.jobs, result.output_bytes) == (0, 0)
     finally:
         await app.close()
+    assert_search_in_sync(path)

@@ -19,6 +19,7 @@ from mcp_background_job.jobs import Stream
 from mcp_background_job.store import Store
 
 from .fixtures.make_db import JOBS, columns, make_db, snapshot
+from .fixtures.schema import assert_search_in_sync
 
 
 def _migrated(path: Path) -> None:
@@ -34,11 +35,37 @@ def test_migrations_produce_the_models_schema(tmp_path: Path) -> None:
     _migrated(path)
     engine = db.make_sync_engine(path)
     with engine.connect() as conn:
-        diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata
-        )
+        opts = {"compare_type": True, "include_name": db.include_name}
+        diff = compare_metadata(MigrationContext.configure(conn, opts=opts), db.metadata)
     engine.dispose()
     assert diff == []
+    # What the models do not describe is exactly the views and the search index with its
+    # triggers: nothing else slips past the comparison above.
+    assert _not_in_models(path) == NOT_IN_MODELS
+
+
+#: Schema objects made by migrations that are not models (and which the comparison skips).
+NOT_IN_MODELS = {
+    *(("view", v) for v in db.VIEWS),
+    ("table", db.SEARCH_TABLE),
+    *(("table", t) for t in db.SEARCH_SHADOW_TABLES),
+    *(("trigger", t) for t in db.TRIGGERS),
+}
+
+
+def _not_in_models(path: Path) -> set[tuple[str, str]]:
+    modelled = {("table", "alembic_version")}
+    for table in db.metadata.tables.values():
+        modelled.add(("table", table.name))
+        modelled.update(("index", str(ix.name)) for ix in table.indexes)
+    con = sqlite3.connect(path)
+    try:
+        rows = con.execute(
+            "select type, name from sqlite_master where name not like 'sqlite!_%' escape '!'"
+        )
+        return {(t, n) for t, n in rows} - modelled
+    finally:
+        con.close()
 
 
 def test_upgrade_downgrade_round_trip(tmp_path: Path) -> None:
@@ -133,11 +160,14 @@ def test_every_revision_upgrades_old_data_intact_and_round_trips(tmp_path: Path)
         _migrate(path, "head")
         assert _revision(path) == head
         assert snapshot(path, cols) == before, f"data changed upgrading {start} -> head"
+        assert_search_in_sync(path)
         _migrate(path, start, downgrade=True)
         assert _revision(path) == start
         assert snapshot(path, cols) == before, f"data changed downgrading head -> {start}"
         _migrate(path, "head")
         assert snapshot(path, cols) == before
+        assert_search_in_sync(path)
+        assert _not_in_models(path) == NOT_IN_MODELS
 
 
 async def test_an_upgraded_database_reads_like_a_new_one(tmp_path: Path) -> None:
@@ -266,3 +296,122 @@ def test_upgrade_keeps_existing_jobs_and_their_rows(tmp_path: Path) -> None:
     for table in ("job_events", "job_labels", "output_chunks"):
         assert con.execute(f"select count(*) from {table}").fetchone() == (1,), table
     con.close()
+
+
+def test_0005_fills_label_times_and_the_index_and_downgrade_removes_them(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "jobs.db", "0004")
+    _migrate(path, "0005")
+    con = sqlite3.connect(path)
+    try:
+        pairs = con.execute(
+            "select l.job_created_at, j.created_at from job_labels l join jobs j on j.id = l.job_id"
+        ).fetchall()
+        assert len(pairs) == 3 and all(a == b for a, b in pairs)
+        indexes = {r[1] for r in con.execute("pragma index_list(job_labels)")}
+        assert "ix_job_labels_label_job_created_at_job_id" in indexes
+        assert "ix_job_labels_label_job_id" not in indexes
+    finally:
+        con.close()
+    assert_search_in_sync(path)
+
+    _migrate(path, "0004", downgrade=True)
+    con = sqlite3.connect(path)
+    try:
+        assert [r[1] for r in con.execute("pragma table_info(job_labels)")] == ["job_id", "label"]
+        indexes = {r[1] for r in con.execute("pragma index_list(job_labels)")}
+        assert "ix_job_labels_label_job_id" in indexes
+        left = con.execute(
+            "select type, name from sqlite_master where name like 'jobs!_fts%' escape '!' "
+            "or type = 'trigger'"
+        ).fetchall()
+        assert left == []
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("restores_the_index", [True, False])
+def test_a_migration_that_rebuilds_jobs_must_restore_the_search_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restores_the_index: bool
+) -> None:
+    # Batch mode (SQLite's way to ALTER) copies `jobs` into a new table: the triggers go with
+    # the old one, and rowids are renumbered where pruning left gaps, so the index points at
+    # the wrong jobs. The recipe (below) for such a migration: keep the triggers' SQL, recreate
+    # them after the rebuild, and rebuild the index. Without it, the checks above catch it.
+    scripts = tmp_path / "migrations"
+    shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = ScriptDirectory(str(scripts)).get_current_head()
+    recipe = (
+        """
+    for sql in triggers:
+        op.execute(sql)
+    op.execute("INSERT INTO jobs_fts (jobs_fts) VALUES ('rebuild')")
+"""
+        if restores_the_index
+        else ""
+    )
+    (scripts / "versions" / "9999_rebuild_jobs.py").write_text(
+        f"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = {head!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    triggers = [
+        row[0]
+        for row in op.get_bind().exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'jobs'"
+        )
+    ]
+    with op.batch_alter_table("jobs", recreate="always") as batch:
+        batch.add_column(sa.Column("future", sa.Integer(), nullable=True))
+{recipe}
+
+def downgrade():
+    pass
+"""
+    )
+    monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
+    path = make_db(tmp_path / "jobs.db", head)
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("pragma foreign_keys = on")
+        con.execute("delete from jobs where id = 'aaaa00000002'")  # a gap in the rowids
+    con.close()
+    assert_search_in_sync(path)
+    last = "select rowid from jobs where id = 'dddd00000005'"
+    before = _one(path, last)
+    _migrate(path, "head")
+    assert _revision(path) == "9999"
+    assert _one(path, last) == before - 1  # renumbered
+    if restores_the_index:
+        assert_search_in_sync(path)
+    else:
+        with pytest.raises(AssertionError):
+            assert_search_in_sync(path)
+
+
+def _one(path: Path, sql: str) -> int:
+    con = sqlite3.connect(path)
+    try:
+        return int(con.execute(sql).fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_deleting_a_job_finds_its_reruns_by_index(tmp_path: Path) -> None:
+    # What the foreign key's ON DELETE SET NULL runs for each deleted job (0006).
+    path = tmp_path / "jobs.db"
+    _migrated(path)
+    con = sqlite3.connect(path)
+    try:
+        plan = con.execute(
+            "explain query plan update jobs set rerun_of = null where rerun_of = 'x'"
+        ).fetchall()
+        assert "USING INDEX ix_jobs_rerun_of" in plan[0][3]
+    finally:
+        con.close()

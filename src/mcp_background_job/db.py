@@ -9,6 +9,14 @@ compare them and pass them to ``datetime()``/``julianday()``, and they sort corr
 Views for people using ``sqlite3`` (``VIEWS``, created by migration 0002, not models): they are
 not tables, so the schema-drift check ignores them, and ``migrate_to`` keeps them valid through
 batch migrations.
+
+The command search index (``SEARCH_TABLE``, migration 0005, not a model): an FTS5 trigram index
+of ``jobs.command`` (external content, keyed by the rowid of ``jobs``), kept in sync by
+triggers (``TRIGGERS``). It only proposes candidates: the store checks each with ``LIKE``.
+Alembic is told to ignore its tables (``include_name``). A later migration that rebuilds
+``jobs`` in batch mode drops the triggers with the old table and renumbers the rowids: it must
+recreate the triggers and ``'rebuild'`` the index (``tests/test_migrations.py`` checks both, and
+shows how).
 """
 
 from __future__ import annotations
@@ -66,6 +74,20 @@ BUSY_TIMEOUT_MS = 10_000
 #: Read-only views for ``sqlite3`` users (migration 0002): one row per job with its duration and
 #: output sizes; output chunks as text; each job's whole output as text.
 VIEWS = ("job_summary", "output_text", "job_output")
+
+#: The FTS5 trigram index of ``jobs.command`` (migration 0005).
+SEARCH_TABLE = "jobs_fts"
+#: Triggers on ``jobs`` (migration 0005): three keep ``SEARCH_TABLE`` in sync on insert, delete
+#: and update of the command; one copies a changed ``created_at`` to ``job_labels``.
+TRIGGERS = ("jobs_fts_insert", "jobs_fts_delete", "jobs_fts_update", "jobs_label_times")
+#: The ordinary tables FTS5 keeps for ``SEARCH_TABLE`` (no ``_content``: the text is in ``jobs``).
+SEARCH_SHADOW_TABLES = tuple(f"{SEARCH_TABLE}_{s}" for s in ("data", "idx", "docsize", "config"))
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic's filter for schema comparison: the search index is not a model (its virtual
+    table and shadow tables would otherwise show up as tables to drop)."""
+    return not (type_ == "table" and name in (SEARCH_TABLE, *SEARCH_SHADOW_TABLES))
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -126,6 +148,9 @@ class JobRow(Base):
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at"),
         Index(None, "owner_id", "status"),
+        # Deleting a job sets rerun_of to NULL in its reruns (the foreign key): without this
+        # index each deleted job meant a scan of every job (migration 0006).
+        Index(None, "rerun_of"),
     )
     id: Mapped[str] = mapped_column(String, primary_key=True)
     command: Mapped[str] = mapped_column(Text)
@@ -174,10 +199,16 @@ class JobDependencyRow(Base):
 
 
 class JobLabelRow(Base):
+    """A label of a job. ``job_created_at`` is the job's ``created_at`` (labels are set when the
+    job is created and never change), copied here so that ``list --label`` walks one index in
+    the list's order (newest first) instead of sorting every job with the label (migration 0005).
+    """
+
     __tablename__ = "job_labels"
-    __table_args__ = (Index(None, "label", "job_id"),)
+    __table_args__ = (Index(None, "label", "job_created_at", "job_id"),)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     label: Mapped[str] = mapped_column(String, primary_key=True)
+    job_created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class JobEventRow(Base):

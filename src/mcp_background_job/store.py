@@ -25,6 +25,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Executable,
+    Integer,
     Row,
     and_,
     bindparam,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -246,6 +248,53 @@ _EVENTS = (
 _SET_STATUS = update(JobRow).where(
     JobRow.id == bindparam("b_id"), JobRow.status == bindparam("b_from")
 )
+
+
+# ``command_contains`` on a big history. The trigram index gives candidates (jobs holding some
+# trigrams of the text), LIKE checks them. Costs measured on 100,000 jobs (64 KiB pages): a job
+# looked up by rowid ~11 us (a page read each); a step along the created_at index ~0.08 us; a
+# job scanned with LIKE ~0.5 us; each common trigram in the index query ~0.45 us per 1,000 jobs.
+#: Up to this many candidates, they are looked up by rowid and sorted.
+SEARCH_LOOKUP_MAX = 200
+#: Up to this many, the newest-first index walk checks each entry's rowid against them (rows are
+#: read only for candidates). More mean the text is common: the plain LIKE scan, newest first,
+#: finds a page sooner than collecting them would.
+SEARCH_MAX_CANDIDATES = 5000
+#: Most trigrams in one index query: each common one costs a pass over its whole list.
+_SEARCH_MAX_TRIGRAMS = 8
+_SEARCH = f"SELECT rowid FROM {db.SEARCH_TABLE} WHERE {db.SEARCH_TABLE} MATCH ? LIMIT ?"
+_ROWID: ColumnElement[int] = literal_column("jobs.rowid", Integer)
+# A unary plus keeps SQLite from looking the candidates up by rowid: it walks the created_at
+# index instead and checks the rowid in each entry (no row read unless it is a candidate).
+_ROWID_NOT_INDEXED: ColumnElement[int] = literal_column("+jobs.rowid", Integer)
+
+
+def search_match(needle: str) -> str | None:
+    """An FTS5 query for jobs whose command holds trigrams of ``needle`` that cover all of it (a
+    superset of those containing it: the trigram tokenizer folds case, as ``LIKE`` does for
+    ASCII), or None when the index cannot help: under 3 characters, or a NUL (which ends an
+    FTS5 string)."""
+    if len(needle) < 3 or "\x00" in needle:
+        return None
+    # Trigrams side by side (and the last one) cover every character; overlapping ones would
+    # hardly narrow the candidates and each costs a pass over its list.
+    starts = [*range(0, len(needle) - 2, 3), len(needle) - 3]
+    grams = list(dict.fromkeys(needle[i : i + 3] for i in starts))
+    if len(grams) > _SEARCH_MAX_TRIGRAMS:
+        step = (len(grams) - 1) / (_SEARCH_MAX_TRIGRAMS - 1)
+        grams = [grams[round(i * step)] for i in range(_SEARCH_MAX_TRIGRAMS)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
+
+
+def _search_candidates(conn: Connection, match: str) -> list[int] | None:
+    """Rowids of the jobs the index finds for ``match``; None if over ``SEARCH_MAX_CANDIDATES``.
+
+    Read with the driver's cursor, in the same transaction: thousands of bare integers through
+    SQLAlchemy's result rows cost ~0.3 ms more.
+    """
+    driver: Any = conn.connection.driver_connection
+    rows = driver.execute(_SEARCH, (match, SEARCH_MAX_CANDIDATES + 1)).fetchall()
+    return [r[0] for r in rows] if len(rows) <= SEARCH_MAX_CANDIDATES else None
 
 
 def _load(conn: Connection, job_id: str, events: bool = True) -> Job:
@@ -467,7 +516,8 @@ class Store:
             conn.execute(insert(JobRow), row)
             if unique:
                 conn.execute(
-                    insert(JobLabelRow), [{"job_id": job_id, "label": lb} for lb in unique]
+                    insert(JobLabelRow),
+                    [{"job_id": job_id, "label": lb, "job_created_at": now} for lb in unique],
                 )
             if after:
                 conn.execute(
@@ -666,37 +716,58 @@ class Store:
     async def list_jobs(
         self, flt: JobFilter, *, limit: int, cursor: str | None = None
     ) -> tuple[list[Job], str | None]:
-        """Newest first; returns the page and the cursor of the next page (None at the end)."""
-        query = select(*_JOB_COLUMNS)
+        """Newest first; returns the page and the cursor of the next page (None at the end).
+
+        How it stays fast on a big history (measured on 100,000 jobs): a label walks the
+        ``(label, job_created_at)`` index of ``job_labels`` newest first instead of sorting every
+        job with the label; ``command_contains`` of 3 characters or more asks the trigram index
+        for candidates first and keeps ``LIKE`` as the exact test (see ``SEARCH_LOOKUP_MAX``).
+        """
+        if flt.label is not None:
+            by_label = aliased(JobLabelRow, name="by_label")
+            query = (
+                select(*_JOB_COLUMNS)
+                .join_from(by_label, JobRow, JobRow.id == by_label.job_id)
+                .where(by_label.label == flt.label)
+            )
+            # The job's time and id as the label index holds them: the order needs no sort.
+            created, ident = by_label.job_created_at, by_label.job_id
+        else:
+            query = select(*_JOB_COLUMNS)
+            created, ident = JobRow.created_at, JobRow.id
         if flt.status is not None:
             query = query.where(JobRow.status == flt.status)
-        if flt.label is not None:
-            query = query.where(
-                JobRow.id.in_(select(JobLabelRow.job_id).where(JobLabelRow.label == flt.label))
-            )
         if flt.command_contains:
             pattern = (
                 flt.command_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             )
             query = query.where(JobRow.command.like(f"%{pattern}%", escape="\\"))
         if flt.since is not None:
-            query = query.where(JobRow.created_at >= flt.since)
+            query = query.where(created >= flt.since)
         if flt.until is not None:
-            query = query.where(JobRow.created_at < flt.until)
+            query = query.where(created < flt.until)
         if flt.statuses:
             query = query.where(JobRow.status.in_(sorted(flt.statuses)))
         if flt.exit_code is not None:
             query = query.where(JobRow.exit_code == flt.exit_code)
         if cursor is not None:
-            created, last_id = decode_list_cursor(cursor)
-            query = query.where(
-                or_(
-                    JobRow.created_at < created,
-                    and_(JobRow.created_at == created, JobRow.id < last_id),
-                )
-            )
-        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
-        jobs = await self._query(lambda conn: [_job(r) for r in conn.execute(query)])
+            after, last_id = decode_list_cursor(cursor)
+            query = query.where(or_(created < after, and_(created == after, ident < last_id)))
+        query = query.order_by(created.desc(), ident.desc()).limit(limit + 1)
+        match = search_match(flt.command_contains) if flt.command_contains else None
+
+        def work(conn: Connection) -> list[Job]:
+            final = query
+            hits = None if match is None else _search_candidates(conn, match)
+            if hits is not None:
+                if not hits:
+                    return []
+                listed = func.json_each(json.dumps(hits)).table_valued("value")
+                rowid = _ROWID if len(hits) <= SEARCH_LOOKUP_MAX else _ROWID_NOT_INDEXED
+                final = final.where(rowid.in_(select(listed.c.value)))
+            return [_job(r) for r in conn.execute(final)]
+
+        jobs = await self._query(work)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (encode_list_cursor(jobs[-1]) if more else None)
