@@ -188,7 +188,11 @@ async def test_many_submissions_at_once_keep_the_limit_and_the_order(tmp_path: P
     at every moment, and queued jobs must still start oldest first."""
     app = await App.open(Settings(db=tmp_path / "jobs.db", max_concurrent=3, subreaper=False))
     try:
-        views = await asyncio.gather(*(app.execute(f"sleep 0.05; exit {i % 2}") for i in range(30)))
+        ran = tmp_path / "ran"
+        record = f'echo "$MCP_BACKGROUND_JOB_ID" >> {ran}'
+        views = await asyncio.gather(
+            *(app.execute(f"{record}; sleep 0.05; exit {i % 2}") for i in range(30))
+        )
         assert sum(v.status is JobStatus.RUNNING for v in views) == 3
         ended = [await _ended(app, v.id) for v in views]
         assert [j.exit_code for j in ended] == [i % 2 for i in range(30)]
@@ -202,6 +206,7 @@ async def test_many_submissions_at_once_keep_the_limit_and_the_order(tmp_path: P
             running += step
             peak = max(peak, running)
         assert peak == 3
+        assert sorted(ran.read_text().split()) == sorted(v.id for v in views)  # each ran once
         queued = [j for j, v in zip(ended, views, strict=True) if v.status is JobStatus.QUEUED]
         starts = [j.started_at for j in queued]
         assert starts == sorted(starts)

@@ -318,9 +318,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(settings: Settings) -> None:
+    import anyio
+
     from .errors import IsolationError
     from .isolation import detect
-    from .server import create_server  # fastmcp is slow to import; keep --help fast
+    from .server import create_server, serve_stdio  # fastmcp is slow to import: --help is fast
 
     try:
         isolation = detect(settings)  # before serving: an unusable mode stops the server here
@@ -333,7 +335,7 @@ def _serve(settings: Settings) -> None:
         dict(isolation.rlimits),
     )
     try:
-        create_server(settings, isolation).run(transport="stdio", show_banner=False)
+        anyio.run(serve_stdio, create_server(settings, isolation))
     except* BackgroundJobError as group:
         # E.g. a database written by a newer version: refused before anything was changed.
         _fail("; ".join(str(e) for e in group.exceptions), 1)

@@ -320,8 +320,16 @@ class Runner:
                         log.info("job_not_started id=%s reason=%s", job_id, reason)
                     self._set_done(job_id)
                 self._queued = state.queued - len(state.doomed)
+                # Jobs submit() started (or is starting) since the read was queued are not
+                # started twice: the read is ordered with the writes, so such a job is still in
+                # one of these two (see Store.queue_state).
+                startable = [
+                    j
+                    for j in state.startable
+                    if j.id not in self._direct and j.id not in self._running
+                ]
                 # Concurrently: their running rows share a commit.
-                for job in await asyncio.gather(*(self._start(j) for j in state.startable)):
+                for job in await asyncio.gather(*(self._start(j) for j in startable)):
                     started[job.id] = job
                     self._queued -= 1
                 if not state.doomed:

@@ -19,9 +19,10 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import anyio
+import fastmcp.server.mixins.transport as fastmcp_transport
 import mcp_types
 from fastmcp import Context, FastMCP
 from fastmcp.dependencies import CurrentContext, Depends
@@ -62,6 +63,7 @@ from .models import (
     WaitManyResult,
     WaitResult,
 )
+from .stdio import event_loop_stdio
 from .store import StatusChange
 
 log = logging.getLogger(__name__)
@@ -618,3 +620,28 @@ def create_server(settings: Settings, isolation: Isolation | None = None) -> Fas
         return await _call(app.audit(limit, kind, since, job_id, before_id))
 
     return mcp
+
+
+_SDK_STDIO = "stdio_server"
+
+
+async def serve_stdio(mcp: FastMCP) -> None:
+    """Serve ``mcp`` on stdin/stdout, with both pipes served by the event loop where they can
+    be (see ``stdio``), else through the SDK's worker threads."""
+    async with event_loop_stdio() as streams:
+        log.info("stdio_transport mode=%s", "sdk-threads" if streams is None else "event-loop")
+        if streams is None:
+            await mcp.run_stdio_async(show_banner=False)
+            return
+        # FastMCP has no parameter for the streams. Its stdio runner calls the SDK's
+        # stdio_server(), which takes them, by this module-level name: bind them there while
+        # it runs. tests/e2e checks that this path is taken.
+        sdk_stdio_server = getattr(fastmcp_transport, _SDK_STDIO)
+        # The SDK only iterates stdin and calls write/flush on stdout: duck typing is enough.
+        stdin = cast("anyio.AsyncFile[str]", streams.stdin)
+        stdout = cast("anyio.AsyncFile[str]", streams.stdout)
+        setattr(fastmcp_transport, _SDK_STDIO, partial(sdk_stdio_server, stdin, stdout))
+        try:
+            await mcp.run_stdio_async(show_banner=False)
+        finally:
+            setattr(fastmcp_transport, _SDK_STDIO, sdk_stdio_server)

@@ -630,7 +630,7 @@ class Store:
         dependencies allow them to start (highest priority first, then oldest), the queued jobs
         that never can (a dependency did not complete and the job does not run anyway), and how
         many jobs it has queued in all. Jobs in ``starting`` (being started already) are left
-        out."""
+        out. Read on the write connection, in order with the writes."""
         own = and_(JobRow.owner_id == owner_id, JobRow.status == JobStatus.QUEUED)
         if starting:
             own = and_(own, JobRow.id.not_in(sorted(starting)))
@@ -666,7 +666,9 @@ class Store:
             queued = conn.execute(select(func.count()).select_from(JobRow).where(own)).scalar_one()
             return QueueState(startable, list(doomed.items()), queued)
 
-        return await self._query(work)
+        # On the writer, in order with the writes: a job whose start was recorded before this
+        # read can never look queued to it (the runner relies on that to start a job once).
+        return await self._writer.run(work)
 
     async def _query(self, work: Callable[[Connection], T]) -> T:
         """Run a read in one trip to a reader thread (a plain sqlite3 connection).

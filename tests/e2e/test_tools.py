@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Literal
 import pytest
 from fastmcp.exceptions import ToolError
 
-from .helpers import is_running, start_server
+from .helpers import is_running, server_command, start_server
 
 
 def statuses(view: dict[str, Any]) -> list[str]:
@@ -295,3 +296,36 @@ async def test_many_jobs_at_once_then_wait_many(db: Path) -> None:
         assert [j["exit_code"] for j in r["jobs"]] == [i % 3 for i in range(24)]
         with pytest.raises(ToolError, match="Pass job_ids, a label, or both"):
             await s.call("wait_many")
+
+
+async def test_stdio_is_served_by_the_event_loop(db: Path) -> None:
+    async with start_server(db) as s:
+        await s.call("list")
+        assert "stdio_transport mode=event-loop" in s.log.read_text()
+
+
+def test_stdin_from_a_file_falls_back_to_the_sdk_transport(db: Path, tmp_path: Path) -> None:
+    """A regular file cannot be watched by the event loop: the SDK's threads read it instead."""
+    requests = tmp_path / "requests.jsonl"
+    init = {"protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "file", "version": "1"}}  # fmt: skip
+    requests.write_text(
+        "\n".join(
+            json.dumps(m)
+            for m in (
+                {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            )
+        )
+        + "\n"
+    )
+    command, args = server_command(db)
+    with requests.open("rb") as stdin:
+        done = subprocess.run(
+            [command, *args], stdin=stdin, capture_output=True, timeout=60, check=False
+        )
+    replies = [json.loads(line) for line in done.stdout.splitlines()]
+    # (At the end of the file the SDK stops serving: later requests may go unanswered.)
+    assert [r.get("id") for r in replies] == [1], done.stderr.decode()
+    assert replies[0]["result"]["serverInfo"]["name"] == "mcp-background-job"
+    assert b"stdio_transport mode=sdk-threads" in done.stderr
