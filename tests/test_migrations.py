@@ -213,6 +213,20 @@ def test_views_show_jobs_and_output(tmp_path: Path) -> None:
         con.close()
 
 
+def _scripts_plus_revision_9999(tmp_path: Path, body: str) -> Path:
+    """A copy of the migration scripts with one more revision, "9999", after the head: its
+    ``upgrade``/``downgrade`` are ``body`` (which can use ``sa`` and ``op``)."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    head = ScriptDirectory(str(scripts)).get_current_head()
+    header = (
+        "import sqlalchemy as sa\nfrom alembic import op\n\n"
+        f'revision = "9999"\ndown_revision = {head!r}\nbranch_labels = None\ndepends_on = None\n\n'
+    )
+    (scripts / "versions" / "9999_rebuild_jobs.py").write_text(header + body)
+    return scripts
+
+
 def test_views_survive_a_batch_migration_of_their_tables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,20 +234,9 @@ def test_views_survive_a_batch_migration_of_their_tables(
     # over the views that read it: SQLite checks every view when the rebuilt table is renamed,
     # and fails with "error in view job_summary: no such table: main.jobs" unless migrate_to
     # runs with legacy_alter_table on. Simulated with a copy of the scripts plus one revision.
-    scripts = tmp_path / "migrations"
-    shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    head = ScriptDirectory(str(scripts)).get_current_head()
-    (scripts / "versions" / "9999_rebuild_jobs.py").write_text(
-        f"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "9999"
-down_revision = {head!r}
-branch_labels = None
-depends_on = None
-
-
+    scripts = _scripts_plus_revision_9999(
+        tmp_path,
+        """
 def upgrade():
     with op.batch_alter_table("jobs", recreate="always") as batch:
         batch.add_column(sa.Column("future", sa.Integer(), nullable=True))
@@ -242,7 +245,7 @@ def upgrade():
 def downgrade():
     with op.batch_alter_table("jobs", recreate="always") as batch:
         batch.drop_column("future")
-"""
+""",
     )
     path = make_db(tmp_path / "jobs.db", "0001")
     monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
@@ -337,9 +340,6 @@ def test_a_migration_that_rebuilds_jobs_must_restore_the_search_index(
     # the old one, and rowids are renumbered where pruning left gaps, so the index points at
     # the wrong jobs. The recipe (below) for such a migration: keep the triggers' SQL, recreate
     # them after the rebuild, and rebuild the index. Without it, the checks above catch it.
-    scripts = tmp_path / "migrations"
-    shutil.copytree(db.migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    head = ScriptDirectory(str(scripts)).get_current_head()
     recipe = (
         """
     for sql in triggers:
@@ -349,17 +349,9 @@ def test_a_migration_that_rebuilds_jobs_must_restore_the_search_index(
         if restores_the_index
         else ""
     )
-    (scripts / "versions" / "9999_rebuild_jobs.py").write_text(
+    scripts = _scripts_plus_revision_9999(
+        tmp_path,
         f"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "9999"
-down_revision = {head!r}
-branch_labels = None
-depends_on = None
-
-
 def upgrade():
     triggers = [
         row[0]
@@ -373,8 +365,10 @@ def upgrade():
 
 def downgrade():
     pass
-"""
+""",
     )
+    head = ScriptDirectory(str(db.migrations_dir())).get_current_head()
+    assert head is not None
     monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
     path = make_db(tmp_path / "jobs.db", head)
     con = sqlite3.connect(path)

@@ -15,6 +15,7 @@ import logging
 import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -940,19 +941,15 @@ class App:
             raise InvalidRequest("timeout_s must be 0 or more.")
         capped = min(timeout_s, MAX_WAIT_S)
         job_id = await self.store.resolve_id(job_id)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        finished = False
-        while True:
-            left = capped - (loop.time() - began)
-            finished = await self.runner.wait_end(job_id, max(0.0, min(PROGRESS_EVERY_S, left)))
-            if finished or loop.time() - began >= capped:
-                break
-            if progress is not None:
-                waited = loop.time() - began
-                await progress(waited, capped, f"job {job_id} still running after {waited:.0f} s")
-        waited = round(loop.time() - began, 3)
+        waited = await self._until_ended(
+            [job_id],
+            first=False,
+            capped=capped,
+            progress=progress,
+            note=lambda secs, _: f"job {job_id} still running after {secs:.0f} s",
+        )
         job = await self.store.get_job(job_id)
+        finished = job.status.is_terminal
         if finished:
             message = f"Job {job_id} has ended: {job.status}."
         else:
@@ -986,41 +983,26 @@ class App:
                 f"That is {len(ids)} jobs; one call waits for at most {MAX_WAIT_JOBS}. Wait for "
                 "them in groups."
             )
-        missing = set(ids) - (await self.store.get_jobs(ids)).keys()
+        known = await self.store.get_jobs(ids)
+        missing = set(ids) - known.keys()
         if missing:
             raise JobNotFound(", ".join(sorted(missing)))
-        capped = min(timeout_s, MAX_WAIT_S)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        waits = {asyncio.ensure_future(self.runner.wait_end(j, capped)) for j in ids}
-        try:
-            pending = set(waits)
-            while pending:
-                left = capped - (loop.time() - began)
-                if left <= 0:
-                    break
-                done, pending = await asyncio.wait(
-                    pending,
-                    timeout=min(PROGRESS_EVERY_S, left),
-                    return_when="FIRST_COMPLETED" if return_when == "first" else "ALL_COMPLETED",
-                )
-                if return_when == "first" and any(d.result() for d in done):
-                    break
-                if pending and progress is not None:
-                    waited = loop.time() - began
-                    ended = len(ids) - len(pending)
-                    await progress(waited, capped, f"{ended} of {len(ids)} jobs ended")
-        finally:
-            for w in waits:
-                w.cancel()
-        waited = round(loop.time() - began, 3)
+        # Jobs that have ended already are not waited for (nor looked up again one by one).
+        running = [j for j in ids if not known[j].status.is_terminal]
+        if return_when == "first" and len(running) < len(ids):
+            running = []
+        waited = await self._until_ended(
+            running,
+            first=return_when == "first",
+            capped=min(timeout_s, MAX_WAIT_S),
+            progress=progress,
+            note=lambda _, left: f"{len(ids) - left} of {len(ids)} jobs ended",
+        )
         jobs = await self.store.get_jobs(ids)
         ordered = [jobs[j] for j in ids if j in jobs]  # a job pruned meanwhile is left out
         ended = sum(j.status.is_terminal for j in ordered)
         finished = ended == len(ordered) or (return_when == "first" and ended > 0)
-        counts: dict[str, int] = {}
-        for j in ordered:
-            counts[j.status.value] = counts.get(j.status.value, 0) + 1
+        counts = dict(Counter(j.status.value for j in ordered))
         tally = ", ".join(f"{n} {status}" for status, n in counts.items())
         if finished:
             message = f"{ended} of {len(ordered)} jobs have ended ({tally})."
@@ -1039,6 +1021,41 @@ class App:
                 for j in ordered
             ],
         )
+
+    async def _until_ended(
+        self,
+        job_ids: Sequence[str],
+        *,
+        first: bool,
+        capped: float,
+        progress: ProgressFn | None,
+        note: Callable[[float, int], str],
+    ) -> float:
+        """Wait until the jobs have all ended (one of them: ``first``) or ``capped`` seconds
+        passed, sending progress every ``PROGRESS_EVERY_S`` with ``note(waited, still
+        running)``. Returns the seconds waited."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        pending = {asyncio.ensure_future(self.runner.wait_end(j, capped)) for j in job_ids}
+        try:
+            while pending:
+                left = capped - (loop.time() - began)
+                if left <= 0:
+                    break
+                done, pending = await asyncio.wait(
+                    pending,
+                    timeout=min(PROGRESS_EVERY_S, left),
+                    return_when=asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED,
+                )
+                if first and any(d.result() for d in done):
+                    break
+                if pending and progress is not None:
+                    waited = loop.time() - began
+                    await progress(waited, capped, note(waited, len(pending)))
+        finally:
+            for w in pending:
+                w.cancel()
+        return round(loop.time() - began, 3)
 
 
 # --- pure helpers --------------------------------------------------------------------------

@@ -304,6 +304,9 @@ class Runner:
         started: dict[str, Job] = {}
         async with self._start_lock:
             while not self._closing:
+                # Never a job submit() is starting: those are left out of the read, which is
+                # queued with the writes at once. A job whose start submit() recorded first is
+                # running in it; one created after it is not in it (see Store.queue_state).
                 free = self._free_slots()
                 state = await self.store.queue_state(
                     self.server_id, free, starting=frozenset(self._direct)
@@ -320,16 +323,8 @@ class Runner:
                         log.info("job_not_started id=%s reason=%s", job_id, reason)
                     self._set_done(job_id)
                 self._queued = state.queued - len(state.doomed)
-                # Jobs submit() started (or is starting) since the read was queued are not
-                # started twice: the read is ordered with the writes, so such a job is still in
-                # one of these two (see Store.queue_state).
-                startable = [
-                    j
-                    for j in state.startable
-                    if j.id not in self._direct and j.id not in self._running
-                ]
                 # Concurrently: their running rows share a commit.
-                for job in await asyncio.gather(*(self._start(j) for j in startable)):
+                for job in await asyncio.gather(*(self._start(j) for j in state.startable)):
                     started[job.id] = job
                     self._queued -= 1
                 if not state.doomed:

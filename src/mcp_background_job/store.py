@@ -202,21 +202,23 @@ def _job(row: Row[Any], events: Sequence[JobEvent] = ()) -> Job:
     )
 
 
-_LABELS = (
-    select(func.json_group_array(JobLabelRow.label))
-    .where(JobLabelRow.job_id == JobRow.id)
-    .correlate(JobRow)
-    .scalar_subquery()
-    .label("labels")
+def _json_list(values: Any, job_id: Any, name: str) -> Any:
+    """A column of the job's rows in another table (``values`` where ``job_id`` is the job's),
+    as one JSON array."""
+    return (
+        select(func.json_group_array(values))
+        .where(job_id == JobRow.id)
+        .correlate(JobRow)
+        .scalar_subquery()
+        .label(name)
+    )
+
+
+_JOB_COLUMNS = (
+    *JobRow.__table__.columns,
+    _json_list(JobLabelRow.label, JobLabelRow.job_id, "labels"),
+    _json_list(JobDependencyRow.depends_on, JobDependencyRow.job_id, "after"),
 )
-_AFTER = (
-    select(func.json_group_array(JobDependencyRow.depends_on))
-    .where(JobDependencyRow.job_id == JobRow.id)
-    .correlate(JobRow)
-    .scalar_subquery()
-    .label("after")
-)
-_JOB_COLUMNS = (*JobRow.__table__.columns, _LABELS, _AFTER)
 _DEP = aliased(JobRow, name="dep")
 
 
