@@ -214,7 +214,9 @@ class Runner:
             return set().union(*proctree.jobs_trees(own, exclude=exclude).values())
 
         pids = await asyncio.to_thread(trees) if own else set()
-        proctree.signal_pids(pids, signal.SIGTERM)
+        mains = {pid for pid, _ in own.values() if pid in pids}
+        proctree.signal_pids(mains, signal.SIGTERM)  # first: see _stop_tree
+        proctree.signal_pids(pids - mains, signal.SIGTERM)
         await self._wait_own_done(running, self.settings.shutdown_grace_s)
         left = await asyncio.to_thread(proctree.kill_tree, trees, 5.0) if pids else set()
         if left:
@@ -625,7 +627,11 @@ class Runner:
 
         loop = asyncio.get_running_loop()
         pids = await asyncio.to_thread(tree)
-        proctree.signal_pids(pids, sig)
+        if job.pid in pids:
+            # The main process first: a shell that saw its child die of the signal before
+            # getting it itself would exit 143 instead of dying of it (seen on a loaded machine).
+            proctree.signal_pids({job.pid}, sig)
+        proctree.signal_pids(pids - {job.pid}, sig)
         deadline = loop.time() + grace_s
         while pids and loop.time() < deadline:
             await asyncio.sleep(_POLL_S)
