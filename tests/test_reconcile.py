@@ -75,6 +75,7 @@ async def test_dead_servers_running_jobs_fail_queued_ones_run_live_ones_left_alo
 
     app = await App.open(settings)
     try:
+        await app.runner.caught_up()  # reconciling runs in the background
         lost = await app.store.get_job("aaa000000001")
         assert (lost.status, lost.reason) == (JobStatus.FAILED, "lost: server exited")
         assert orphan.wait(timeout=5) is not None  # its process was killed
@@ -108,6 +109,7 @@ async def test_reused_pid_is_not_taken_for_the_server(settings: Settings) -> Non
     await store.close()
     app = await App.open(settings)
     try:
+        await app.runner.caught_up()
         # The impostor's queued job was taken over (and run) by the new server.
         job = await app.store.get_job("ccc000000001")
         assert job.owner_id == app.runner.server_id

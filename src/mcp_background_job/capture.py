@@ -12,7 +12,15 @@ and everything was stored, so disk use stays bounded for jobs that print without
 
 Output limit, per job and stream: the first quarter of ``max_output_bytes`` is kept, then only
 the most recent bytes; what falls between is counted in ``*_dropped``. Bytes that would be
-dropped anyway are skipped unread.
+dropped anyway are skipped unread, and freed on disk even while nothing can be stored (the
+database locked by another program for minutes): whatever happens to storing, a spool file holds
+at most about ``max_output_bytes`` per stream that is not stored yet. Whoever stores the rest
+later (this server, or the next one after a crash) skips those bytes too, so it never reads a
+freed part.
+
+Output written after a job ended (by a background process it left) is not stored: the spool
+files are deleted at the end, and while such a process still writes into one, what it writes
+is freed as it comes (see ``release``).
 """
 
 from __future__ import annotations
@@ -93,6 +101,14 @@ class Ingester:
         self._puncher = _HolePuncher()
         self._rotate = 0
         self._stored_at = 0.0
+        #: Ended jobs' spool files, deleted but kept open while a process the job left may still
+        #: write into them: what it writes is freed as it comes (see ``release``).
+        self._drained: dict[str, Capture] = {}
+        #: Drained while a pass was in progress, which may still read them: not freed before the
+        #: next pass starts.
+        self._drained_in_pass: set[str] = set()
+        #: (job, stream) -> how far bytes that the output limit drops have been freed.
+        self._freed: dict[tuple[str, Stream], int] = {}
         # One thread of its own for spool reads, at the storage priority (see Settings).
         self._pool = ThreadPoolExecutor(
             1, "ingest", initializer=lower_thread_priority, initargs=(settings.storage_nice,)
@@ -150,6 +166,16 @@ class Ingester:
         """Ingest forever: immediately again while there is a backlog, else every interval;
         checkpoint the WAL when output has gone quiet (or when it grows past a hard cap)."""
         loop = asyncio.get_running_loop()
+        # Apart from the passes: a pass can wait minutes on a locked database.
+        bound = loop.create_task(self._keep_bounded(), name="spool-bound")
+        try:
+            await self._ingest_forever(loop)
+        finally:
+            bound.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await bound
+
+    async def _ingest_forever(self, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
                 more = await self._pass(None)
@@ -168,8 +194,11 @@ class Ingester:
         if job_id in self._captures:
             await self._pass([job_id])
 
-    async def finish(self, job_id: str) -> None:
-        """Store everything the job wrote, then delete its spool files. For ended jobs."""
+    async def finish(self, job_id: str, *, drain: bool = True) -> None:
+        """Store everything the job wrote, then delete its spool files. For ended jobs.
+
+        ``drain``: keep the deleted files open until ``release`` (a process the job left may
+        still write into them), freeing what is written meanwhile."""
         # Only what was written when the job ended: a background grandchild that keeps the
         # file open and keeps writing must not keep this loop going.
         target = self._sizes(job_id)
@@ -179,10 +208,7 @@ class Ingester:
             # background pass to finish. One in progress may still read these files: they are
             # closed by whichever pass comes next.
             del self._captures[job_id]
-            if self._lock.locked():
-                self._retired.append(cap)
-            else:
-                self._close(cap, unlink=True)
+            self._ended(cap, drain)
             return
         while job_id in self._captures and await self._pass([job_id]):
             cap = self._captures[job_id]
@@ -190,7 +216,33 @@ class Ingester:
                 break
         done = self._captures.pop(job_id, None)
         if done is not None:
-            self._close(done, unlink=True)
+            self._ended(done, drain)
+
+    def _ended(self, cap: Capture, drain: bool) -> None:
+        for stream in cap.streams:
+            self._freed.pop((cap.job_id, stream), None)
+        if drain:
+            for st in cap.streams.values():
+                with contextlib.suppress(FileNotFoundError):
+                    st.path.unlink()
+            self._drained[cap.job_id] = cap
+            if self._lock.locked():
+                self._drained_in_pass.add(cap.job_id)
+        elif self._lock.locked():
+            self._retired.append(cap)  # a pass in progress may still read its files
+        else:
+            self._close(cap, unlink=True)
+
+    def release(self, job_id: str) -> None:
+        """Close an ended job's deleted spool files: none of its processes is left to write."""
+        cap = self._drained.pop(job_id, None)
+        self._drained_in_pass.discard(job_id)
+        if cap is None:
+            return
+        if self._lock.locked():
+            self._retired.append(cap)
+        else:
+            self._close(cap, unlink=True)
 
     async def adopt(self, job: Job) -> None:
         """Store the rest of a job whose server died, resuming from the counters in its row."""
@@ -210,7 +262,7 @@ class Ingester:
             st.tail.extend((o, n) for o, n in layout if o >= self._head)
             states[stream] = st
         self._captures[job.id] = Capture(job.id, states, seq + 1)
-        await self.finish(job.id)
+        await self.finish(job.id, drain=False)  # its processes were stopped first
 
     def _sizes(self, job_id: str) -> dict[Stream, int]:
         cap = self._captures.get(job_id)
@@ -224,9 +276,15 @@ class Ingester:
             for cap in self._captures.values():
                 self._close(cap, unlink=False)
             self._captures.clear()
+            for cap in self._drained.values():
+                self._close(cap, unlink=True)
+            self._drained.clear()
+            self._drained_in_pass.clear()
         self._pool.shutdown(wait=False)
 
     def _close(self, cap: Capture, *, unlink: bool) -> None:
+        for stream in cap.streams:
+            self._freed.pop((cap.job_id, stream), None)
         for st in cap.streams.values():
             if st.fd is not None:
                 os.close(st.fd)
@@ -236,6 +294,7 @@ class Ingester:
                     st.path.unlink()
 
     def _close_retired(self) -> None:
+        self._drained_in_pass.clear()  # (called as a pass starts: the one before has ended)
         while self._retired:
             self._close(self._retired.pop(), unlink=True)
 
@@ -261,6 +320,77 @@ class Ingester:
                 p.capture.streams = p.states
                 p.capture.seq = p.seq
             return any(p.more for p in plans)
+
+    # --- the disk bound ---------------------------------------------------------------------
+
+    async def _keep_bounded(self) -> None:
+        """Every interval: free what the output limit will drop anyway, for jobs whose output
+        is not being stored fast enough (or at all), and what ended jobs' leftover processes
+        write into deleted spool files."""
+        loop = asyncio.get_running_loop()
+        pause = self._settings.ingest_interval_s
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                work = self._droppable()
+                if work:
+                    await loop.run_in_executor(self._pool, self._free, work)
+                self._free_drained()
+                # A job flooding output: look again sooner (what it writes in one interval is
+                # what a spool can hold beyond the limit).
+                pause = self._settings.ingest_interval_s / (5 if work else 1)
+            except Exception:  # task boundary: the bound must keep going
+                log.exception("spool_bound_failed")
+                await asyncio.sleep(1.0)
+
+    def _droppable(self) -> list[tuple[Path, int, int]]:
+        """(spool file, start, end) ranges that no read will ever use: past the head, before
+        the last ``tail`` bytes, and not stored. Computed from what has been stored (committed
+        offsets only grow) and sizes read now: every later read, by this server or by the next
+        one from the counters in the database, skips them (see ``_plan``)."""
+        work = []
+        for cap in self._captures.values():
+            for stream, st in cap.streams.items():
+                if st.fd is None:
+                    continue
+                size = os.fstat(st.fd).st_size
+                key = (cap.job_id, stream)
+                start = max(self._head, st.offset, self._freed.get(key, 0))
+                start += -start % _BLOCK
+                end = size - self._tail
+                end -= end % _BLOCK
+                if end - start >= _PUNCH_MIN:
+                    work.append((st.path, start, end))
+                    self._freed[key] = end
+        return work
+
+    def _free(self, work: list[tuple[Path, int, int]]) -> None:
+        """Punch the ranges (in the ingest thread, so never under a read of the same file: a
+        read planned before is done, one planned after skips them). By path: a descriptor
+        closed meanwhile could have been reused for another file."""
+        for path, start, end in work:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # the job ended and everything was stored
+            try:
+                self._puncher.punch(fd, start, end - start)
+            finally:
+                os.close(fd)
+
+    def _free_drained(self) -> None:
+        for job_id, cap in self._drained.items():
+            if job_id in self._drained_in_pass:
+                continue
+            for st in cap.streams.values():
+                if st.fd is None:
+                    continue
+                size = os.fstat(st.fd).st_size
+                end = size - size % _BLOCK
+                if end - st.punched >= _PUNCH_MIN and self._puncher.punch(
+                    st.fd, st.punched, end - st.punched
+                ):
+                    st.punched = end
 
     # --- runs in a worker thread: file I/O only, no shared state is changed ------------------
 

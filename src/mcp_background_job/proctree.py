@@ -15,13 +15,18 @@ import os
 import platform
 import signal
 import stat
-from collections.abc import Iterable
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _watchdog
+
 log = logging.getLogger(__name__)
 
-MARKER = "MCP_BACKGROUND_JOB_ID"
+MARKER = _watchdog.MARKER.decode().rstrip("=")
 _PR_SET_CHILD_SUBREAPER = 36
 _PROC = Path("/proc")
 
@@ -85,38 +90,30 @@ def snapshot() -> dict[int, ProcInfo]:
     return procs
 
 
-def _has_marker(pid: int, needle: bytes) -> bool:
-    try:
-        return needle in (_PROC / str(pid) / "environ").read_bytes()
-    except OSError:
-        return False
-
-
 def job_tree(job_id: str, main_pid: int | None, main_start: int | None) -> set[int]:
     """Live processes that belong to the job (not zombies, never this process)."""
-    procs = snapshot()
-    me = os.getpid()
-    members: set[int] = set()
-    main = procs.get(main_pid) if main_pid is not None else None
-    if main is not None and (main_start is None or main.start == main_start):
-        members.add(main.pid)
-        members |= {p.pid for p in procs.values() if main.pid in (p.sid, p.pgid)}
-    needle = f"{MARKER}={job_id}\0".encode()
-    members |= {
-        p.pid for p in procs.values() if p.pid not in members and _has_marker(p.pid, needle)
-    }
-    # Descendants of members, including ones that cleared their environment.
-    children: dict[int, list[int]] = {}
-    for p in procs.values():
-        children.setdefault(p.ppid, []).append(p.pid)
-    todo = list(members)
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in members:
-                members.add(child)
-                todo.append(child)
-    members.discard(me)
-    return {pid for pid in members if procs[pid].state not in ("Z", "X")}
+    return jobs_trees({job_id: (main_pid, main_start)}).get(job_id, set())
+
+
+def jobs_trees(
+    jobs: Mapping[str, tuple[int | None, int | None]], *, exclude: Iterable[int] = ()
+) -> dict[str, set[int]]:
+    """The live processes of each of ``jobs`` (id -> main pid and start time) that has any, in
+    one pass over /proc: see ``_watchdog.find_trees``."""
+    return _watchdog.find_trees(jobs, exclude=exclude)
+
+
+def kill_tree(find: Callable[[], set[int]], timeout: float) -> set[int]:
+    """Freeze what ``find`` returns (SIGSTOP until no new process appears: a tree that forks
+    faster than it is killed cannot grow any more), then SIGKILL until nothing is left. Blocks
+    (run it in a thread); returns the pids still alive after ``timeout`` (empty on success)."""
+    return _watchdog.kill_tree(find, timeout)
+
+
+def markers(pids: Iterable[int]) -> dict[int, str]:
+    """The job id each of ``pids`` carries in its environment (those that carry one)."""
+    found = {pid: _watchdog.marker(pid) for pid in pids}
+    return {pid: job_id for pid, job_id in found.items() if job_id is not None}
 
 
 def signal_pids(pids: set[int], sig: int) -> int:
@@ -159,6 +156,115 @@ def reap_orphans(procs: dict[int, ProcInfo], keep: set[int]) -> int:
                 os.waitpid(p.pid, os.WNOHANG)
                 reaped += 1
     return reaped
+
+
+# --- the watchdog ------------------------------------------------------------------------------
+
+
+#: Watchdogs started again after one was lost, before giving up (something kills them).
+_WATCHDOG_RESTARTS = 3
+
+
+class Watchdog:
+    """This server's end of its watchdog process (see ``_watchdog``): told each job as it starts,
+    and told to forget it once none of its processes is left. If this process dies, the watchdog
+    stops the jobs it still knows; if it is stopped, the watchdog pauses them.
+
+    Never blocks: lines the watchdog has not taken yet wait here and go with the next one. If
+    the watchdog is gone (killed by hand), a new one is started and told every job again.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        self._jobs: dict[str, tuple[int | None, int | None]] = {}
+        self._pending = bytearray()
+        self._restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def jobs(self) -> dict[str, tuple[int | None, int | None]]:
+        """Jobs this server started whose processes may still be alive: id -> main pid, start."""
+        return dict(self._jobs)
+
+    def start(self) -> bool:
+        me = os.getpid()
+        read, write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _watchdog.__file__, str(me), str(start_time(me) or 0)],
+                stdin=read,
+                stdout=subprocess.DEVNULL,  # fd 1 may still be the MCP stream
+                start_new_session=True,  # out of reach of a kill of this server's group
+                close_fds=True,
+            )
+        except OSError as exc:
+            os.close(write)
+            log.warning("watchdog_unavailable error=%s (jobs will outlive a crash)", exc)
+            return False
+        finally:
+            os.close(read)
+        os.set_blocking(write, False)
+        self._fd = write
+        self._pending.clear()
+        for job_id, (pid, start) in self._jobs.items():
+            self._send(_started_line(job_id, pid, start))
+        log.debug("watchdog_started pid=%d", self._proc.pid)
+        return True
+
+    def watch(self, job_id: str, pid: int, start: int | None) -> None:
+        self._jobs[job_id] = (pid, start)
+        self._send(_started_line(job_id, pid, start))
+
+    def forget(self, job_id: str) -> None:
+        if self._jobs.pop(job_id, None) is not None:
+            self._send(f"-{job_id}")
+
+    def close(self) -> None:
+        """End of file for the watchdog: it stops the jobs it still knows, then exits."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                self._flush()
+            os.close(self._fd)
+            self._fd = -1
+        self._collect()
+
+    def _send(self, line: str) -> None:
+        if self._fd < 0:
+            return
+        self._pending += line.encode() + b"\n"
+        try:
+            self._flush()
+        except BlockingIOError:
+            pass  # the watchdog is behind (stopped?): the rest goes with the next line
+        except OSError as exc:  # it is gone: a new one is told every job
+            os.close(self._fd)
+            self._fd = -1
+            self._restarts += 1
+            again = self._restarts <= _WATCHDOG_RESTARTS
+            log.warning(
+                "watchdog_lost pid=%s error=%s restart=%s", self.pid, exc, "yes" if again else "no"
+            )
+            self._collect()
+            if again:
+                self.start()
+
+    def _collect(self) -> None:
+        """Collect the watchdog's exit status whenever it comes, without waiting for it here."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            threading.Thread(target=proc.wait, name="watchdog-exit", daemon=True).start()
+
+    def _flush(self) -> None:
+        while self._pending:
+            sent = os.write(self._fd, self._pending)
+            del self._pending[:sent]
+
+
+def _started_line(job_id: str, pid: int | None, start: int | None) -> str:
+    return f"+{job_id} {'-' if pid is None else pid} {'-' if start is None else start}"
 
 
 # --- is a job waiting for input? -----------------------------------------------------------

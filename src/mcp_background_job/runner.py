@@ -58,6 +58,14 @@ STDIN_BUFFER_MAX = 1024 * 1024
 _POLL_S = 0.05
 _FOREIGN_POLL_S = 0.2
 _RECONCILE_EVERY_S = 5.0
+#: How often processes of ended jobs of servers that are gone are looked for (and at start).
+_STRAYS_EVERY_S = 60.0
+#: How often ended jobs whose processes were still alive at the last look are looked at again.
+_LINGER_EVERY_S = 5.0
+#: Longest a tree is frozen and killed for (a tree that forks as fast as it can stops at once).
+_KILL_TIMEOUT_S = 30.0
+#: What shutdown waits for the last output to be stored and the ends recorded, past the grace.
+_SHUTDOWN_FINISH_S = 1.0
 #: How often the queue is looked at while jobs wait (dependencies may end on other servers).
 _QUEUE_POLL_S = 1.0
 #: TERM for programs on a PTY, unless the job's env sets one (the renderer reads xterm output).
@@ -129,16 +137,23 @@ class Runner:
         self._finishing: set[asyncio.Task[None]] = set()
         self._closing = False
         self._subreaper = False
+        #: Stops this server's jobs if it dies; its job list is also every job this server
+        #: started whose processes may be alive (running, or left behind by an ended job).
+        self.watchdog = proctree.Watchdog()
+        self._caught_up = asyncio.Event()
 
     # --- life of the runner ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Register this server, reconcile jobs of dead servers, then start background tasks."""
+        """Register this server, start its watchdog and the background tasks. Reconciling what
+        servers that are gone left behind runs in the background (see ``caught_up``): storing
+        a big leftover spool must not delay the first answer."""
         await self.store.register_server(self.instance(), _version())
         if self.settings.subreaper:
             self._subreaper = proctree.set_child_subreaper(True)
-        await self.reconcile()
+        self.watchdog.start()
         self._spawn_task(self.ingester.run(), "ingest")
+        self._spawn_task(self._reconciler(), "reconcile")
         self._spawn_task(self._scheduler(), "scheduler")
         self._spawn_task(self._maintenance(), "maintenance")
         if self.settings.retention_max_age or self.settings.retention_max_output_bytes is not None:
@@ -167,10 +182,15 @@ class Runner:
             log.error("task_failed name=%s", task.get_name(), exc_info=task.exception())
 
     async def shutdown(self) -> None:
-        """Stop accepting, stop every running job (TERM, grace, KILL), store, record, close."""
+        """Stop accepting; stop the whole tree of every job this server started, running or
+        ended (what an ended job left behind): TERM, ``shutdown_grace_s``, then freeze and KILL
+        whatever is left; store the last output, record the ends, close. About the grace plus
+        a second at most; the watchdog stops whatever this could not."""
         if self._closing:
             return
         self._closing = True
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         # A start in progress finishes first: cancelled between the spawn and the running row,
         # a job would run while recorded as queued, and the next server would run it again.
         async with self._start_lock:
@@ -179,33 +199,61 @@ class Runner:
                 if task.get_name() != "ingest":
                     task.cancel()
             running = list(self._running)
-        for job_id in running:
-            with contextlib.suppress(Exception):
-                await self.store.request_end(job_id, EndCause.SHUTDOWN)
-        trees = {j: self._tree_of_own(j) for j in running}
-        for pids in trees.values():
-            proctree.signal_pids(pids, signal.SIGTERM)
+        # Concurrently: the writes share a commit.
+        requested = await asyncio.gather(
+            *(self.store.request_end(j, EndCause.SHUTDOWN) for j in running),
+            return_exceptions=True,
+        )
+        for job_id, result in zip(running, requested, strict=True):
+            if isinstance(result, Exception):
+                log.warning("shutdown_end_not_requested id=%s error=%r", job_id, result)
+        own = self.watchdog.jobs()
+        exclude = () if self.watchdog.pid is None else (self.watchdog.pid,)
+
+        def trees() -> set[int]:
+            return set().union(*proctree.jobs_trees(own, exclude=exclude).values())
+
+        pids = await asyncio.to_thread(trees) if own else set()
+        mains = {pid for pid, _ in own.values() if pid in pids}
+        proctree.signal_pids(mains, signal.SIGTERM)  # first: see _stop_tree
+        proctree.signal_pids(pids - mains, signal.SIGTERM)
         await self._wait_own_done(running, self.settings.shutdown_grace_s)
-        for job_id in running:
-            if job_id in self._running:
-                proctree.signal_pids(self._tree_of_own(job_id), signal.SIGKILL)
-        await self._wait_own_done(running, 2.0)
-        # Queued jobs stay queued: once this server is marked stopped, the next server on the
-        # database claims them (see reconcile).
-        if self._finishing:
-            await asyncio.wait(self._finishing, timeout=5.0)
+        left = await asyncio.to_thread(proctree.kill_tree, trees, 5.0) if pids else set()
+        if left:
+            log.warning("shutdown_tree_survived pids=%s", sorted(left)[:50])
+        else:
+            for job_id in own:
+                self.watchdog.forget(job_id)
+        # Their exits come at once after SIGKILL; then the last output is stored.
+        finishing = [
+            asyncio.ensure_future(self._done[j].wait()) for j in running if j in self._done
+        ]
+        if finishing or self._finishing:
+            await asyncio.wait([*finishing, *self._finishing], timeout=_SHUTDOWN_FINISH_S)
+            for waiter in finishing:
+                waiter.cancel()
+        unfinished = [j for j in running if j in self._running]
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.ingester.close()
         if self._subreaper:
             proctree.set_child_subreaper(False)
-        await self.store.mark_server_stopped(self.server_id)
+        if unfinished:
+            # Not marked stopped: the next server takes their rows over (failed as lost) and
+            # stores what is left in their spool files.
+            log.warning("shutdown_ends_not_recorded ids=%s", ",".join(unfinished))
+        else:
+            # Queued jobs stay queued: once this server is marked stopped, the next server on
+            # the database claims them (see reconcile).
+            await self.store.mark_server_stopped(self.server_id)
+        self.watchdog.close()
         log.info(
-            "server_stopped id=%s jobs_stopped=%d jobs_left_queued=%d",
+            "server_stopped id=%s jobs_stopped=%d jobs_left_queued=%d seconds=%.3f",
             self.server_id,
             len(running),
             self._queued,
+            loop.time() - began,
         )
 
     async def _wait_own_done(self, job_ids: Sequence[str], timeout: float) -> None:
@@ -398,6 +446,7 @@ class Runner:
             idle_timeout_s=job.idle_timeout_s,
         )
         self._running[job.id] = entry
+        self.watchdog.watch(job.id, popen.pid, entry.pid_start)
         self._done.setdefault(job.id, asyncio.Event())
         loop = asyncio.get_running_loop()
         loop.add_reader(entry.pidfd, self._on_exit, job.id)
@@ -568,27 +617,30 @@ class Runner:
         return proctree.job_tree(job_id, entry.popen.pid, entry.pid_start)
 
     async def _stop_tree(self, job: Job, sig: signal.Signals, grace_s: float) -> None:
-        """TERM (or ``sig``) the tree, wait up to ``grace_s`` for it to be gone, then KILL the rest
-        until nothing is left; processes spawned meanwhile are found on each sweep."""
+        """TERM (or ``sig``) the tree and wait up to ``grace_s`` for it to be gone; then freeze
+        what is left (SIGSTOP until a sweep finds no new process, so a tree that forks faster
+        than it is killed stops growing) and KILL it until nothing is left. Kill, timeouts,
+        reconciliation and stray processes all stop trees this way."""
 
         def tree() -> set[int]:
             return proctree.job_tree(job.id, job.pid, job.pid_start)
 
         loop = asyncio.get_running_loop()
         pids = await asyncio.to_thread(tree)
-        proctree.signal_pids(pids, sig)
+        if job.pid in pids:
+            # The main process first: a shell that saw its child die of the signal before
+            # getting it itself would exit 143 instead of dying of it (seen on a loaded machine).
+            proctree.signal_pids({job.pid}, sig)
+        proctree.signal_pids(pids - {job.pid}, sig)
         deadline = loop.time() + grace_s
         while pids and loop.time() < deadline:
             await asyncio.sleep(_POLL_S)
             pids = await asyncio.to_thread(tree)
-        for _ in range(40):
-            if not pids:
-                return
-            proctree.signal_pids(pids, signal.SIGKILL)
-            await asyncio.sleep(_POLL_S)
-            pids = await asyncio.to_thread(tree)
-        if pids:  # (the last sweep may have found none left)
-            log.warning("job_tree_survived id=%s pids=%s", job.id, sorted(pids))
+        if pids:
+            pids = await asyncio.to_thread(proctree.kill_tree, tree, _KILL_TIMEOUT_S)
+            await self._reap()  # killed orphans are ours to collect; they count as processes
+        if pids:
+            log.warning("job_tree_survived id=%s pids=%s", job.id, sorted(pids)[:50])
 
     # --- stdin and waiting ----------------------------------------------------------------
 
@@ -765,11 +817,18 @@ class Runner:
                 claimed += 1
                 log.info("job_adopted id=%s owner=%s", job.id, job.owner_id)
                 continue
-            if job.boot_id == self.boot_id:
-                await self._stop_tree(job, signal.SIGTERM, 0.5)
-            await self.ingester.adopt(job)
-            if self.on_ended is not None:
-                await self.on_ended(job.id)
+            try:
+                if job.boot_id == self.boot_id:
+                    await self._stop_tree(job, signal.SIGTERM, 0.5)
+                await self.ingester.adopt(job)
+                if self.on_ended is not None:
+                    await self.on_ended(job.id)
+            except asyncio.CancelledError:
+                # This server is shutting down (it reconciles in the background): give the job
+                # back to its dead owner, so that the next server takes it over.
+                if job.owner_id is not None:
+                    await asyncio.shield(self.store.claim(job.id, self.server_id, job.owner_id))
+                raise
             with contextlib.suppress(TransitionConflict):
                 await self.store.transition(
                     job.id,
@@ -787,19 +846,101 @@ class Runner:
             self._wake.set()
         return failed
 
-    async def _maintenance(self) -> None:
+    async def caught_up(self) -> None:
+        """Return once the first reconciliation after start has run (tests, commands)."""
+        await self._caught_up.wait()
+
+    async def _reconciler(self) -> None:
+        """Reconcile at once, then every few seconds; look for stray processes of ended jobs at
+        start and now and then. Calls on jobs being reconciled meanwhile see them as they are
+        in the database: running, until they are recorded lost."""
         loop = asyncio.get_running_loop()
-        next_reconcile = loop.time() + _RECONCILE_EVERY_S
+        next_strays = loop.time()
+        while True:
+            try:
+                await self.reconcile()
+                if loop.time() >= next_strays:
+                    next_strays = loop.time() + _STRAYS_EVERY_S
+                    await self.sweep_strays()
+            except Exception:  # task boundary: keep the server going
+                log.exception("reconcile_failed")
+            self._caught_up.set()
+            await asyncio.sleep(_RECONCILE_EVERY_S)
+
+    async def sweep_strays(self) -> int:
+        """Stop processes that ended jobs left behind after their server went away (killed
+        together with its watchdog, or a version without one). Found by the job marker in their
+        environment; left alone unless the job is in this database, has ended, and its server is
+        gone (pid, start time and boot id: never a live server's job). Returns how many jobs'
+        processes were stopped."""
+        own = self.watchdog.jobs()
+
+        def scan() -> dict[str, set[int]]:
+            found: dict[str, set[int]] = {}
+            for pid, job_id in proctree.markers(proctree.snapshot()).items():
+                if job_id not in own:
+                    found.setdefault(job_id, set()).add(pid)
+            return found
+
+        found = await asyncio.to_thread(scan)
+        if not found:
+            return 0
+        jobs = await self.store.get_jobs(sorted(found))
+        gone: dict[str, bool] = {}
+        stopped = 0
+        for job in jobs.values():
+            owner = job.owner_id
+            if not job.status.is_terminal or owner is None or owner == self.server_id:
+                continue
+            if owner not in gone:
+                srv = await self.store.get_server(owner)
+                gone[owner] = (
+                    srv is not None
+                    and srv.hostname == self._hostname
+                    and not proctree.is_alive(srv.pid, srv.pid_start, srv.boot_id)
+                )
+            if not gone[owner]:
+                continue
+            log.warning(
+                "job_strays_stopped id=%s status=%s owner=%s pids=%d",
+                job.id,
+                job.status,
+                owner,
+                len(found[job.id]),
+            )
+            await self._stop_tree(job, signal.SIGTERM, 0.5)
+            stopped += 1
+        if stopped:
+            log.info("strays_swept jobs=%d", stopped)
+        return stopped
+
+    async def _reap(self) -> None:
+        """Collect the exit status of adopted orphans that died (subreaper only)."""
+        if self._subreaper:
+            procs = await asyncio.to_thread(proctree.snapshot)
+            keep = {e.popen.pid for e in self._running.values()}
+            if self.watchdog.pid is not None:
+                keep.add(self.watchdog.pid)
+            proctree.reap_orphans(procs, keep)
+
+    async def _maintenance(self) -> None:
+        """Every second: collect adopted orphans that died; let go of ended jobs none of whose
+        processes is left (at once after they end, then every few seconds while some are)."""
+        loop = asyncio.get_running_loop()
+        looked_at: set[str] = set()
+        next_look = 0.0
         while True:
             await asyncio.sleep(1.0)
             try:
-                if self._subreaper:
-                    procs = await asyncio.to_thread(proctree.snapshot)
-                    keep = {e.popen.pid for e in self._running.values()}
-                    proctree.reap_orphans(procs, keep)
-                if loop.time() >= next_reconcile:
-                    next_reconcile = loop.time() + _RECONCILE_EVERY_S
-                    await self.reconcile()
+                await self._reap()
+                ended = {j: v for j, v in self.watchdog.jobs().items() if j not in self._running}
+                if ended and (ended.keys() - looked_at or loop.time() >= next_look):
+                    next_look = loop.time() + _LINGER_EVERY_S
+                    looked_at = set(ended)
+                    alive = await asyncio.to_thread(proctree.jobs_trees, ended)
+                    for job_id in ended.keys() - alive.keys():
+                        self.watchdog.forget(job_id)
+                        self.ingester.release(job_id)
             except Exception:  # task boundary: keep the server going
                 log.exception("maintenance_failed")
 

@@ -153,7 +153,8 @@ async def start_server(
         log_file=log,
     )
     async with Client(transport, timeout=CALL_TIMEOUT_S, mode=mode) as client:
-        # The lifespan (migrate, register, reconcile) has run before the client is connected.
+        # The lifespan (migrate, register) has run before the client is connected; reconciling
+        # what servers that are gone left runs in the background.
         server_id, pid = newest_server(db)
         yield Server(client=client, db=db, log=log, pid=pid, server_id=server_id)
 

@@ -126,19 +126,19 @@ async def test_sigkilled_server_jobs_are_reconciled_as_lost(db: Path) -> None:
         assert parent_pid(counter["pid"]) == doomed.pid
         os.kill(doomed.pid, signal.SIGKILL)
         await wait_for(lambda: not is_running(doomed.pid), message="the server to die")
-    # The jobs run in their own sessions: the server's death does not take them along.
-    assert all(is_running(p) for p in pids), "jobs died with their server"
+    # The jobs run in their own sessions, so the server's death does not take them along; its
+    # watchdog stops them (nothing would store their output).
+    await wait_for(
+        lambda: not any(is_running(p) for p in pids), message="the lost jobs' processes to end"
+    )
 
     async with start_server(db) as heir:
         for job in (counter, silent):
-            view = await heir.call("status", job_id=job["id"])
+            view = await heir.wait_done(job["id"])  # reconciled in the background
             assert view["status"] == "failed", view
             assert view["reason"] == "lost: server exited"
             assert view["transitions"][-1]["reason"] == "lost: server exited"
             assert view["ended_at"] is not None
-        await wait_for(
-            lambda: not any(is_running(p) for p in pids), message="the lost jobs' processes to end"
-        )
         # Everything the counter wrote up to its end was stored, in order, without gaps.
         text, _ = await heir.read_all(counter["id"])
         numbers = line_numbers(text)
