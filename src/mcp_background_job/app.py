@@ -242,8 +242,8 @@ class App:
         for arg, seconds in (("timeout_s", timeout_s), ("idle_timeout_s", idle_timeout_s)):
             if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
                 raise InvalidRequest(
-                    f"{arg} must be a finite number of seconds greater than 0, or omitted "
-                    f"(no {arg.removesuffix('_s').replace('_', ' ')}); got {seconds!r}."
+                    f"{arg} must be greater than 0, a finite number of seconds (or omitted for "
+                    f"no {arg.removesuffix('_s').replace('_', ' ')}); got {seconds!r}."
                 )
         if len(labels) > MAX_LABELS:
             raise InvalidRequest(f"labels can hold at most {MAX_LABELS} labels.")

@@ -78,8 +78,8 @@ class LineReader:
                 head, tail, size = await self._skip_line()
                 msg_id = find_id(head, tail)
                 log.warning(
-                    "stdin_message_refused code=%d id=%r bytes=%d reason=too_long limit=%d",
-                    mcp_types.INVALID_REQUEST, msg_id, size, MAX_MESSAGE_BYTES,
+                    "stdin_message_refused code=%d id=%s bytes=%d reason=too_long limit=%d",
+                    mcp_types.INVALID_REQUEST, _logged(msg_id), size, MAX_MESSAGE_BYTES,
                 )  # fmt: skip
                 self._reply(
                     error_response(
@@ -264,8 +264,14 @@ def _refused(msg_id: object, code: int, reason: str, message: str) -> bytes:
     # A fractional id is not one MCP allows, but the client waits for an answer to it.
     fractional = isinstance(msg_id, float) and math.isfinite(msg_id)
     valid = msg_id if _valid_id(msg_id) or fractional else None
-    log.warning("stdin_message_refused code=%d id=%r reason=%s", code, valid, reason)
+    log.warning("stdin_message_refused code=%d id=%s reason=%s", code, _logged(valid), reason)
     return error_response(valid, code, message)
+
+
+def _logged(msg_id: object) -> str:
+    """An id for the log: a client chooses it, so it is cut to a sane length."""
+    text = repr(msg_id)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def error_response(msg_id: object, code: int, message: str) -> bytes:
