@@ -123,3 +123,77 @@ def test_the_command_line_examples(history: History, tmp_path: Path) -> None:
             assert out.read_bytes() == b"a\nc\n"  # stdout only: b went to stderr
         if args[1] == "run":
             assert proc.stdout == b"tests pass\n"
+
+
+def _outside_code_blocks(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of the README's lines that are not in a fenced code block."""
+    out, fenced = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            out.append((number, line))
+    return out
+
+
+def _cells(row: str) -> int:
+    return len(re.split(r"(?<!\\)\|", row.strip().strip("|")))
+
+
+def test_every_table_has_a_header_row() -> None:
+    """Rows that follow a paragraph without a header and a delimiter row render as text (the
+    security settings once did)."""
+    lines = _outside_code_blocks(README.read_text())
+    tables = 0
+    for i, (number, line) in enumerate(lines):
+        if not line.startswith("|") or (i and lines[i - 1][1].startswith("|")):
+            continue
+        tables += 1
+        assert i == 0 or not lines[i - 1][1].strip(), f"line {number}: a table needs a blank line"
+        assert i + 1 < len(lines), f"line {number}: a table without rows"
+        delimiter = lines[i + 1][1]
+        assert re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", delimiter), (
+            f"line {number}: a table's second line must be its delimiter row (|---|---|), "
+            f"got {delimiter!r}: is the header missing?"
+        )
+        width = _cells(line)
+        j = i + 1
+        while j < len(lines) and lines[j][1].startswith("|"):
+            assert _cells(lines[j][1]) == width, f"line {lines[j][0]}: {width} columns expected"
+            j += 1
+    assert tables >= 5
+
+
+def test_the_claude_mcp_add_examples_put_options_before_the_name() -> None:
+    """`claude mcp add [options] <name> -- <command>`: options after the name are not read as
+    options, and `-e` takes several values, so a name right after its value is taken for a
+    variable (anthropics/claude-code#23365)."""
+    commands = re.findall(r"`(claude mcp add [^`]*)`", README.read_text())
+    assert commands
+    for command in commands:
+        words = shlex.split(command)[3:]
+        assert "--" in words, command
+        before = words[: words.index("--")]
+        positional = []
+        k = 0
+        while k < len(before):
+            word = before[k]
+            if word in ("-e", "--env", "-H", "--header"):  # variadic: up to the next option
+                k += 1
+                assert k < len(before) and not before[k].startswith("-"), command
+                while k < len(before) and not before[k].startswith("-"):
+                    assert "=" in before[k] or word in ("-H", "--header"), (
+                        f"{before[k]!r} would be taken for a variable: {command}"
+                    )
+                    k += 1
+                continue
+            if word in ("-s", "--scope", "-t", "--transport"):
+                k += 2
+                continue
+            assert not word.startswith("-"), f"unknown option {word}: {command}"
+            positional.append(word)
+            k += 1
+        assert positional == ["background-job"], command
+        assert before[-1] == "background-job", f"options after the name: {command}"
+        assert words[words.index("--") + 1].endswith("scripts/serve"), command

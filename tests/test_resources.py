@@ -19,6 +19,7 @@ from fastmcp.exceptions import ResourceError
 from mcp.client.subscriptions import listen
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 
+from mcp_background_job import __version__
 from mcp_background_job.app import App
 from mcp_background_job.config import Settings
 from mcp_background_job.server import create_server
@@ -157,3 +158,33 @@ async def test_over_stdio_both_eras(tmp_path: Path) -> None:
             await client.call_tool("wait", {"job_id": job_id})
             assert f"job://{job_id}" in {str(r.uri) for r in await client.list_resources()}
             assert await _text(client, f"job://{job_id}/output") == f"{mode}\n"
+
+
+@pytest.mark.parametrize(("mode", "code"), [("legacy", -32002), ("auto", -32602)])
+async def test_unknown_resources_are_not_found_in_the_era_s_words(
+    settings: Settings, mode: str, code: int
+) -> None:
+    """Protocol 2025-11-25 says -32002; 2026-07-28 says -32602 (SEP-2164 retired -32002). Either
+    way with the URI in data, never -32603 Internal error. Malformed ids and paths no template
+    matches are not found too; an ambiguous prefix is an invalid parameter."""
+    async with Client(create_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+        assert client.server_info is not None
+        assert client.server_info.version == __version__
+        a = await _job(client, "true")
+        while True:  # a second job whose id starts like the first: an ambiguous prefix
+            b = await _job(client, "true")
+            if b[0] == a[0]:
+                break
+        for uri in ("job://ffffffffffff", "job://ffffffffffff/output", "job://not-hex",
+                    "job://", "job://abc/other", "job:///", "job://a%00b", "other://x",
+                    "job://" + "a" * 5000):  # fmt: skip
+            with pytest.raises(MCPError) as info:
+                await client.read_resource(uri)
+            assert info.value.error.code == code, (uri, info.value.error)
+            assert info.value.error.data == {"uri": uri}
+            assert info.value.error.message.startswith("Resource not found: ")
+            assert len(info.value.error.message) < 1000
+        with pytest.raises(MCPError) as info:
+            await client.read_resource(f"job://{a[0]}")
+        assert info.value.error.code == -32602
+        assert "matches several jobs" in info.value.error.message

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import re
 import signal
 import time
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
+
+import re2
 
 from . import terminal
 from .capture import Ingester
@@ -46,7 +49,7 @@ from .models import (
 )
 from .policy import Policy, ShellInput, Verdict, reads_commands_from_stdin
 from .redact import CONTEXT_BYTES, Redactor, strip_controls
-from .runner import Runner
+from .runner import STDIN_BUFFER_MAX, Runner
 from .store import JobFilter, StatusChange, Store
 
 log = logging.getLogger(__name__)
@@ -117,7 +120,13 @@ class TokenBucket:
 
 MAX_AFTER = 100
 MAX_KEYS = 100
+MAX_LABELS = 64
 MAX_PRIORITY = 1000
+#: Audit event ids are SQLite integers (64-bit).
+MAX_EVENT_ID = 2**63 - 1
+#: Linux's limit on one argument or environment string (MAX_ARG_STRLEN, with its NUL): the
+#: command is one argument of the shell, and each variable one ``NAME=value`` string.
+MAX_ARG_BYTES = 128 * 1024
 DEFAULT_INTERACT_WAIT_S = 10.0
 DEFAULT_SETTLE_S = 0.5
 #: How often interact looks for new output and at the job's state while it waits.
@@ -212,30 +221,37 @@ class App:
             )
         if "\0" in command:
             raise InvalidRequest("command contains a NUL character, which no shell accepts.")
-        workdir = Path(cwd).expanduser() if cwd else Path.cwd()
-        if not workdir.is_absolute():
-            workdir = Path.cwd() / workdir
-        if not workdir.is_dir():
+        size = _utf8_size("command", command)
+        if size >= MAX_ARG_BYTES:
             raise InvalidRequest(
-                f"cwd {str(workdir)!r} does not exist or is not a directory: pass an existing "
-                f"directory, or omit cwd to run in {str(Path.cwd())!r}."
+                f"command is {size} bytes; Linux passes at most {MAX_ARG_BYTES - 1} bytes as one "
+                "argument to the shell. Write it to a script file and run that file."
             )
+        workdir = _workdir(cwd)
         for key, value in (env or {}).items():
             if not _ENV_KEY.match(key) or "\0" in value:
                 raise InvalidRequest(
-                    f"env variable {key!r} is not valid: names are letters, digits and _ (not "
-                    "starting with a digit), and values cannot contain NUL."
+                    f"env variable {shown(key)} is not valid: names are letters, digits and _ "
+                    "(not starting with a digit), and values cannot contain NUL."
                 )
-        if timeout_s is not None and timeout_s <= 0:
-            raise InvalidRequest("timeout_s must be greater than 0 (or omitted for no timeout).")
-        if idle_timeout_s is not None and idle_timeout_s <= 0:
-            raise InvalidRequest(
-                "idle_timeout_s must be greater than 0 (or omitted for no idle timeout)."
-            )
+            if _utf8_size(f"env variable {shown(key)}", f"{key}={value}") >= MAX_ARG_BYTES:
+                raise InvalidRequest(
+                    f"env variable {shown(key)} is too long: Linux takes at most "
+                    f"{MAX_ARG_BYTES - 1} bytes for NAME=value. Pass big data in a file."
+                )
+        for arg, seconds in (("timeout_s", timeout_s), ("idle_timeout_s", idle_timeout_s)):
+            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+                raise InvalidRequest(
+                    f"{arg} must be greater than 0, a finite number of seconds (or omitted for "
+                    f"no {arg.removesuffix('_s').replace('_', ' ')}); got {seconds!r}."
+                )
+        if len(labels) > MAX_LABELS:
+            raise InvalidRequest(f"labels can hold at most {MAX_LABELS} labels.")
         for label in labels:
             if not _LABEL.match(label):
                 raise InvalidRequest(
-                    f"label {label!r} is not valid: use 1-64 letters, digits or . _ : / @ + -"
+                    f"labels: {shown(label)} is not a valid label: use 1-64 letters, digits or "
+                    ". _ : / @ + -"
                 )
         if not pty and (rows is not None or cols is not None):
             raise InvalidRequest("rows and cols set a terminal's size: they need pty=true.")
@@ -367,6 +383,11 @@ class App:
             raise InvalidRequest("limit must be between 1 and 500.")
         if kind is not None and kind not in AUDIT_KINDS:
             raise InvalidRequest(f"kind must be one of {', '.join(AUDIT_KINDS)}.")
+        if before_id is not None and not 1 <= before_id <= MAX_EVENT_ID:
+            raise InvalidRequest(
+                f"before_id must be between 1 and {MAX_EVENT_ID}: pass the next_before_id of a "
+                "previous audit call, or omit it for the newest events."
+            )
         events = await self.store.list_audit(
             kind=kind,
             since=parse_since(since) if since else None,
@@ -513,9 +534,10 @@ class App:
                 f"after: no job with id {job_id!r}. Give ids of existing jobs (see `list`)."
             ) from None
 
-    async def rerun(self, job_id: str) -> JobView:
+    async def rerun(self, job_id: str, *, client: Client | None = None) -> JobView:
         """A new job with the same command, cwd, env, labels, terminal, priority and timeouts
-        (not the dependencies: those have run); it records which job it reran."""
+        (not the dependencies: those have run); it records which job it reran. ``client``:
+        who asked for the rerun, for its audit row (as for ``execute``)."""
         old = await self._job(job_id)
         return await self.execute(
             old.command,
@@ -530,6 +552,7 @@ class App:
             idle_timeout_s=old.idle_timeout_s,
             rerun_of=old.id,
             shell=old.shell,
+            client=client,
         )
 
     async def list_jobs(
@@ -717,14 +740,25 @@ class App:
         parsed = [terminal.parse_key(k) for k in keys]
         pattern: re.Pattern[str] | None = None
         if until is not None:
+            # RE2: matched on the event loop against program output, so it must run in linear
+            # time (Python's re takes minutes on '^(a+)+$' against 30 characters).
             try:
-                pattern = re.compile(until, re.MULTILINE)
-            except re.error as exc:
+                pattern = re2.compile("(?m)" + until, _UNTIL_OPTIONS)
+            except re2.error as exc:
+                why = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
                 raise InvalidRequest(
-                    f"until {until!r} is not a valid regular expression: {exc}."
+                    f"until {shown(until)} is not a valid regular expression ({why}). It "
+                    "takes RE2 syntax: Python's, without backreferences or lookarounds."
                 ) from None
+        data = _utf8("input", input)
+        if len(data) > STDIN_BUFFER_MAX:
+            raise InvalidRequest(
+                f"input is {len(data)} bytes; one interact call sends at most {STDIN_BUFFER_MAX} "
+                "bytes (1 MiB). Send it in parts, each once the program has read the previous "
+                "one (interact returns when it waits for input again), or write it to a file "
+                "and have the program read that."
+            )
         job = await self._job(job_id)
-        data = input.encode()
         only_wait = not data and not parsed and not eof
         if only_wait:
             await self._flush(job.id)
@@ -937,8 +971,7 @@ class App:
     async def wait(
         self, job_id: str, timeout_s: float = 30.0, progress: ProgressFn | None = None
     ) -> WaitResult:
-        if timeout_s < 0:
-            raise InvalidRequest("timeout_s must be 0 or more.")
+        _check_wait(timeout_s)
         capped = min(timeout_s, MAX_WAIT_S)
         job_id = await self.store.resolve_id(job_id)
         waited = await self._until_ended(
@@ -968,8 +1001,7 @@ class App:
     ) -> WaitManyResult:
         """Wait for several jobs at once: the given ids, plus the jobs with ``label`` that are
         queued or running now; until all have ended (or the first, ``return_when="first"``)."""
-        if timeout_s < 0:
-            raise InvalidRequest("timeout_s must be 0 or more.")
+        _check_wait(timeout_s)
         if not job_ids and label is None:
             raise InvalidRequest("Pass job_ids, a label, or both: the jobs to wait for.")
         ids = list(dict.fromkeys([await self.store.resolve_id(j) for j in job_ids]))
@@ -1178,18 +1210,90 @@ _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
 def parse_since(text: str) -> datetime:
-    """An ISO 8601 time (UTC if no zone) or an age such as ``30m``, ``2h``, ``7d``."""
+    """An ISO 8601 time (UTC if no zone) or an age such as ``30m``, ``2h``, ``7d``. An age
+    reaching back past year 1 means every job (it is not an error)."""
     if m := _RELATIVE.match(text):
-        return utcnow() - timedelta(seconds=float(m[1]) * _UNITS[m[2]])
+        try:
+            return utcnow() - timedelta(seconds=float(m[1]) * _UNITS[m[2]])
+        except OverflowError:
+            return _EARLIEST
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidRequest(
-            f"since {text!r} is not a time: use ISO 8601 (2026-11-25T10:00:00Z) or an age "
+            f"since {shown(text)} is not a time: use ISO 8601 (2026-11-25T10:00:00Z) or an age "
             "such as 30m, 2h, 7d."
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)  # the database compares UTC times
+    except OverflowError:  # within a day of year 1 or of year 9999
+        return _EARLIEST if when.year == 1 else datetime.max.replace(tzinfo=UTC)
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """A value the caller passed, for an error message: quoted, escaped, and cut if long."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
+
+
+def _utf8(name: str, text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{name} contains {text[exc.start]!r} at character {exc.start}, a lone surrogate, "
+            "which is not Unicode text: pass valid UTF-8."
+        ) from None
+
+
+def _utf8_size(name: str, text: str) -> int:
+    return len(text) if text.isascii() else len(_utf8(name, text))
+
+
+def _workdir(cwd: str | None) -> Path:
+    """The job's working directory: ``cwd`` (``~`` expanded, relative to the server's), or the
+    server's own. It must be an existing directory."""
+    here = Path.cwd()
+    if not cwd:
+        return here
+    hint = f"pass an existing directory, or omit cwd to run in {str(here)!r}."
+    if "\0" in cwd:
+        raise InvalidRequest(f"cwd contains a NUL character, which no path can: {hint}")
+    _utf8("cwd", cwd)
+    try:
+        workdir = here / Path(cwd).expanduser()
+        found = workdir.is_dir()
+    except (RuntimeError, OSError) as exc:  # ~nosuchuser; a name too long
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequest(f"cwd {shown(cwd)} cannot be used ({reason}): {hint}") from None
+    if not found:
+        raise InvalidRequest(
+            f"cwd {shown(str(workdir), 200)} does not exist or is not a directory: {hint}"
+        )
+    return workdir
+
+
+def _check_wait(timeout_s: float) -> None:
+    if not (math.isfinite(timeout_s) and timeout_s >= 0):
+        raise InvalidRequest(
+            f"timeout_s must be a finite number of seconds, 0 or more (one call waits at most "
+            f"{MAX_WAIT_S:.0f} s); got {timeout_s!r}."
+        )
+
+
+def _until_options() -> re2.Options:
+    opts = re2.Options()
+    opts.log_errors = False  # RE2 would print its parse errors to stderr
+    return opts
+
+
+_UNTIL_OPTIONS = _until_options()
 
 
 def parse_signal(name: str) -> signal.Signals:

@@ -28,8 +28,11 @@ class JobNotFound(BackgroundJobError):
     """No job with the given id exists in the database."""
 
     def __init__(self, job_id: str) -> None:
+        shown = (
+            repr(job_id) if len(job_id) <= 64 else f"{job_id[:64]!r}... ({len(job_id)} characters)"
+        )
         super().__init__(
-            f"No job with id {job_id!r}. Call `list` to see the ids of recent jobs "
+            f"No job with id {shown}. Call `list` to see the ids of recent jobs "
             "(ids are 12 hex characters; a unique prefix also works)."
         )
         self.job_id = job_id

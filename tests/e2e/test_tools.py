@@ -214,7 +214,7 @@ async def test_errors_are_tool_errors_with_a_next_step(db: Path, tmp_path: Path)
         assert "execute" in msg
 
         # tail with negative lines
-        await fails("tail", "lines must be 0 or more", job_id=done["id"], lines=-1)
+        await fails("tail", "`lines`.* an integer from 0 to 10000", job_id=done["id"], lines=-1)
 
         # kill with an unknown signal name
         msg = await fails("kill", "Unknown signal 'BOGUS'", job_id=done["id"], signal="BOGUS")
