@@ -171,13 +171,14 @@ async def test_an_audit_row_that_cannot_be_written_fails_execute_with_nothing_cr
 async def test_an_end_that_cannot_be_written_is_retried_and_kill_says_why_it_waits(
     app: App, settings: Settings, tmp_path: Path
 ) -> None:
-    term, go = tmp_path / "term", tmp_path / "go"
+    ready, term, go = tmp_path / "ready", tmp_path / "term", tmp_path / "go"
     # Exits 0 on TERM, once the test says so: the kill is requested while it is alive.
     script = (
         f"trap 'touch {term}; while [ ! -e {go} ]; do sleep 0.05; done; echo done; exit 0' TERM; "
-        "while true; do sleep 0.05; done"
+        f"touch {ready}; while true; do sleep 0.05; done"
     )
     job = await app.execute(script, cwd=str(tmp_path))
+    await wait_for(ready.exists, timeout=15)  # its trap is set
     kill = asyncio.ensure_future(app.runner.kill(job.id, signal.SIGTERM, 60))
     await wait_for(term.exists, timeout=15)
     with write_lock(settings.db) as lock:

@@ -344,6 +344,11 @@ class Ingester:
 
     async def adopt(self, job: Job) -> None:
         """Store the rest of a job whose server died, resuming from the counters in its row."""
+        if job.id in self._captures:
+            # Adopted before, and that could not finish (the database): its capture knows
+            # exactly what was stored since (it moves on only once a write committed).
+            await self.finish(job.id)
+            return
         states: dict[Stream, StreamState] = {}
         seq = -1
         for stream, path in spool_paths(self._dir, job.id).items():

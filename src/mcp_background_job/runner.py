@@ -183,6 +183,7 @@ class Runner:
         # the policy before it starts (claimed ones: from which server, for the audit log).
         self._submitted: set[str] = set()
         self._claimed: dict[str, str | None] = {}
+        self._unsettled: set[str] = set()  # taken over, end not written yet (see reconcile)
         # Jobs someone waits for: set once the database shows them ended (see wait_end).
         self._watched: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, int] = {}
@@ -370,11 +371,13 @@ class Runner:
         return self.settings.max_concurrent - len(self._running.keys() | self._direct)
 
     async def _scheduler(self) -> None:
+        failures = FailureLog("schedule_failed")
         while True:
             try:
                 await self._schedule()
-            except Exception:  # task boundary: keep scheduling
-                log.exception("schedule_failed")
+                failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 (task boundary, logged: keep scheduling)
+                failures.failed(exc)
                 await asyncio.sleep(1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _QUEUE_POLL_S if self._queued else None)
@@ -665,7 +668,7 @@ class Runner:
             except TransitionConflict as exc:
                 log.warning("job_end_not_recorded id=%s: %s", job_id, exc)
                 break
-            except STORAGE_FAILURES as exc:
+            except STORAGE_FAILURES as exc:  # (before the bug catch-all below)
                 self._end_failures.failed(exc)
                 if entry.end_error is None:
                     log.warning(
@@ -677,6 +680,9 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, _RETRY_MAX_S)
                 continue
+            except Exception:  # a bug, not the database: retrying would not help
+                log.exception("job_end_failed id=%s", job_id)
+                break
             self._end_failures.succeeded()
             log.info(
                 "job_ended id=%s status=%s returncode=%d attempts=%d",
@@ -1071,6 +1077,13 @@ class Runner:
                 continue
             dead.append(srv.id)
         failed = claimed = 0
+        # Taken over earlier, but their end could not be written then: this server owns them
+        # now (no other server will look at them while it lives), so it tries again.
+        for job in (await self.store.get_jobs(list(self._unsettled))).values():
+            if job.status.is_terminal:  # (as read again: its counters moved on meanwhile)
+                self._unsettled.discard(job.id)
+            elif await self._settle(job) is JobStatus.FAILED:
+                failed += 1
         for job in await self.store.orphaned_jobs(dead):
             if not await self.store.claim(job.id, job.owner_id, self.server_id):
                 continue  # another server is reconciling it
@@ -1079,7 +1092,7 @@ class Runner:
                 self._claimed[job.id] = job.owner_id  # checked against the policy at its start
                 log.info("job_adopted id=%s owner=%s", job.id, job.owner_id)
                 continue
-            if await self._take_over(job) is JobStatus.FAILED:
+            if await self._settle(job) is JobStatus.FAILED:
                 failed += 1
         for server_id in dead:
             await self.store.mark_server_stopped(server_id)
@@ -1087,6 +1100,17 @@ class Runner:
             self._queued += claimed
             self._wake.set()
         return failed
+
+    async def _settle(self, job: Job) -> JobStatus | None:
+        """``_take_over``, kept for the next reconcile if the database cannot be written."""
+        try:
+            status = await self._take_over(job)
+        except STORAGE_FAILURES as exc:
+            self._unsettled.add(job.id)
+            log.warning("job_takeover_deferred id=%s reason=%s", job.id, describe_failure(exc))
+            return None
+        self._unsettled.discard(job.id)
+        return status
 
     async def _take_over(self, job: Job) -> JobStatus | None:
         """Settle a job that may have run under a server that is gone (running, or queued with
