@@ -318,7 +318,8 @@ async def test_wait_sees_a_kill_of_a_queued_job_by_another_server(tmp_path: Path
         assert queued.status is JobStatus.QUEUED
         waiting = asyncio.ensure_future(owner.wait(queued.id, timeout_s=40))
         waiting_many = asyncio.ensure_future(owner.wait_many(label="batch", timeout_s=40))
-        await asyncio.sleep(0.3)  # both are waiting
+        # Both are waiting (registered with the owner's runner) before the kills.
+        await wait_for(lambda: {queued.id, labelled.id} <= owner.runner._watchers.keys())
         await other.kill(queued.id)
         await other.kill(labelled.id)
         result = await asyncio.wait_for(waiting, 20)
