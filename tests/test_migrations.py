@@ -409,3 +409,40 @@ def test_deleting_a_job_finds_its_reruns_by_index(tmp_path: Path) -> None:
         assert "USING INDEX ix_jobs_rerun_of" in plan[0][3]
     finally:
         con.close()
+
+
+def test_0007_adds_the_start_intent_in_place_and_downgrade_drops_it(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "jobs.db", "0006")
+    rowids = _rowids(path)
+    _migrate(path, "0007")
+    con = sqlite3.connect(path)
+    try:
+        # Jobs of an older server have no recorded intent: they are reconciled as before.
+        assert con.execute("select count(start_attempted_at) from jobs").fetchone() == (0,)
+    finally:
+        con.close()
+    assert _rowids(path) == rowids  # added in place: jobs was not rebuilt
+    assert_search_in_sync(path)
+
+    fresh = make_db(tmp_path / "new.db", "0007")
+    con = sqlite3.connect(fresh)
+    try:
+        started = con.execute(
+            "select count(*) from jobs where started_at is not null "
+            "and start_attempted_at < started_at"
+        ).fetchone()[0]
+        assert started == len(JOBS)  # every fixture job started
+    finally:
+        con.close()
+    _migrate(fresh, "0006", downgrade=True)
+    assert "start_attempted_at" not in columns(fresh, ("jobs",))["jobs"]
+    assert_search_in_sync(fresh)
+    assert _not_in_models(fresh) == NOT_IN_MODELS
+
+
+def _rowids(path: Path) -> list[tuple[int, str]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("select rowid, id from jobs order by rowid").fetchall()
+    finally:
+        con.close()

@@ -142,15 +142,22 @@ class App:
     security layer in front of them: policy, cwd roots, rate limit, audit, output redaction."""
 
     def __init__(
-        self, settings: Settings, store: Store, runner: Runner, isolation: Isolation | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        runner: Runner,
+        isolation: Isolation | None = None,
+        *,
+        policy: Policy | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.runner = runner
         self.isolation = isolation or runner.isolation
-        self.policy = policy_from(settings)
+        self.policy = policy or policy_from(settings)
         self.bucket = TokenBucket(settings.rate_limit_burst, settings.rate_limit_per_s)
-        self.redactor = Redactor()
+        self.redactor = redactor or Redactor()
         self._shells: dict[str, ShellInput | None] = {}
         runner.on_ended = self.redact_stored
 
@@ -161,8 +168,11 @@ class App:
         iso = isolation if isolation is not None else await asyncio.to_thread(detect, settings)
         store = Store(settings.db, writer_nice=settings.storage_nice)
         await store.open()
-        runner = Runner(settings, store, Ingester(settings, store), iso)
-        app = cls(settings, store, runner, iso)  # before start: reconciling may end jobs
+        policy, redactor = policy_from(settings), Redactor()
+        claims = ClaimedJobCheck(settings, store, iso, policy, redactor)
+        runner = Runner(settings, store, Ingester(settings, store), iso, check_claimed=claims.check)
+        # Before start: reconciling may end jobs.
+        app = cls(settings, store, runner, iso, policy=policy, redactor=redactor)
         try:
             await runner.start()
             await app._record_policy()
@@ -190,9 +200,11 @@ class App:
     async def _job(self, job_id: str) -> Job:
         return await self.store.get_job(await self.store.resolve_id(job_id))
 
-    def _view(self, job: Job) -> JobView:
+    def _view(self, job: Job, note: str | None = None) -> JobView:
         written = self.runner.ingester.written(job.id) if job.status is JobStatus.RUNNING else None
-        return view(job, utcnow(), written)
+        if job.status is JobStatus.RUNNING:
+            note = self.runner.end_note(job.id) or note
+        return view(job, utcnow(), written, note=note)
 
     # --- tools ----------------------------------------------------------------------------
 
@@ -275,6 +287,27 @@ class App:
         )
         resolved = str(workdir.resolve())
         verdict = await self._admit(command, resolved, client)
+        detail: dict[str, object] = {
+            "isolation": self.isolation.mode,
+            "limits": dict(self.isolation.rlimits),
+            "timeout_s": timeout_s if timeout_s is not None else self.settings.default_timeout_s,
+            "env_keys": sorted(env or {}),
+        }
+        if verdict.audit_note:
+            detail["unverified"] = verdict.audit_note
+        # Written with the job, in one transaction, before anything is spawned: an audit row
+        # that cannot be written fails the call with nothing created or run, and an error
+        # never hides a running job (a client would retry and start a duplicate).
+        audit = audit_event(
+            self.redactor,
+            "execute",
+            self.runner.server_id,
+            client,
+            command=command,
+            cwd=resolved,
+            verdict=verdict,
+            detail=detail,
+        )
         job = await self.runner.submit(
             command,
             cwd=resolved,
@@ -283,17 +316,8 @@ class App:
             timeout_s=timeout_s,
             options=options,
             shell=shell,
+            audit=audit,
         )
-        detail: dict[str, object] = {
-            "isolation": self.isolation.mode,
-            "limits": dict(self.isolation.rlimits),
-            "timeout_s": job.timeout_s,
-            "env_keys": sorted(env or {}),
-        }
-        if verdict.audit_note:
-            detail["unverified"] = verdict.audit_note
-        await self._audit("execute", client, command=command, cwd=resolved, job_id=job.id,
-                          verdict=verdict, detail=detail)  # fmt: skip
         return self._view(job)
 
     async def _admit(self, command: str, cwd: str, client: Client | None) -> Verdict:
@@ -306,17 +330,7 @@ class App:
             raise RateLimited(
                 wait_s, self.settings.rate_limit_burst, self.settings.rate_limit_per_s
             )
-        roots = self.settings.allowed_cwd_roots
-        if roots and not any(Path(cwd).is_relative_to(r) for r in roots):
-            verdict = Verdict(
-                "refused", "cwd-roots", cwd,
-                f"Refused by rule cwd-roots: cwd {cwd!r} is outside the allowed roots "
-                f"({', '.join(map(str, roots))}). Pass a cwd inside one of them. Nothing was run.",
-            )  # fmt: skip
-        elif (why := self.isolation.check_cwd(cwd)) is not None:
-            verdict = Verdict("refused", f"isolation:{self.isolation.mode}", cwd, why)
-        else:
-            verdict = self.policy.check(command, cwd=cwd, home=str(Path.home()))
+        verdict = admission_verdict(self.settings, self.isolation, self.policy, command, cwd)
         if not verdict.allowed:
             await self._audit("execute", client, command=command, cwd=cwd, verdict=verdict)
             log.info("job_refused rule=%s", verdict.rule)
@@ -334,21 +348,17 @@ class App:
         verdict: Verdict | None = None,
         detail: Mapping[str, object] | None = None,
     ) -> None:
-        c = client or Client()
         await self.store.record_audit(
-            AuditEvent(
-                kind=kind,
-                server_id=self.runner.server_id,
-                decision=verdict.decision if verdict else None,
-                rule=verdict.rule if verdict else None,
-                matched=audit_text(self.redactor, verdict.matched) if verdict else None,
-                job_id=job_id,
-                command=audit_text(self.redactor, command) if command is not None else None,
+            audit_event(
+                self.redactor,
+                kind,
+                self.runner.server_id,
+                client,
+                command=command,
                 cwd=cwd,
-                client_name=c.name,
-                client_version=c.version,
-                session_id=c.session_id,
-                detail={**(detail or {}), **({"protocol": c.protocol} if c.protocol else {})},
+                job_id=job_id,
+                verdict=verdict,
+                detail=detail,
             )
         )
 
@@ -966,7 +976,13 @@ class App:
         job = await self.runner.kill(job_id, sig, grace)
         facts = {"signal": sig.name, "grace_s": grace, "status": job.status}
         await self._audit("kill", client, job_id=job_id, detail=facts)
-        return self._view(job)
+        note = None
+        if not job.status.is_terminal:
+            note = (
+                f"Signalled, but its end is not recorded yet: the server that runs it (owner "
+                f"{job.owner_id}) records it once its output is stored. Call wait."
+            )
+        return self._view(job, note)
 
     async def wait(
         self, job_id: str, timeout_s: float = 30.0, progress: ProgressFn | None = None
@@ -1090,7 +1106,99 @@ class App:
         return round(loop.time() - began, 3)
 
 
+class ClaimedJobCheck:
+    """This server's policy for jobs it did not accept itself: queued jobs claimed from a server
+    that is gone, or written into the database by someone else. Without it, a job queued by
+    anyone who can write the file would run under this server's identity unchecked. The runner
+    calls ``check`` before such a job starts; the decision is audited (``execute``, with
+    ``claimed_from`` in its detail)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        isolation: Isolation,
+        policy: Policy,
+        redactor: Redactor,
+    ) -> None:
+        self.settings, self.store, self.isolation = settings, store, isolation
+        self.policy, self.redactor = policy, redactor
+
+    async def check(self, job: Job, claimed_from: str | None, server_id: str) -> str | None:
+        """Why the job is refused (names the rule), or None: it may run."""
+        verdict = admission_verdict(
+            self.settings, self.isolation, self.policy, job.command, job.cwd
+        )
+        detail: dict[str, object] = {"claimed_from": claimed_from, "isolation": self.isolation.mode}
+        if verdict.audit_note:
+            detail["unverified"] = verdict.audit_note
+        await self.store.record_audit(
+            audit_event(
+                self.redactor,
+                "execute",
+                server_id,
+                None,
+                command=job.command,
+                cwd=job.cwd,
+                job_id=job.id,
+                verdict=verdict,
+                detail=detail,
+            )
+        )
+        if verdict.allowed:
+            return None
+        log.info("claimed_job_refused id=%s rule=%s", job.id, verdict.rule)
+        return verdict.message
+
+
 # --- pure helpers --------------------------------------------------------------------------
+
+
+def admission_verdict(
+    settings: Settings, isolation: Isolation, policy: Policy, command: str, cwd: str
+) -> Verdict:
+    """May ``command`` run in ``cwd`` here: the cwd roots, the isolation's cwd rule, then the
+    command policy (the rate limit aside)."""
+    roots = settings.allowed_cwd_roots
+    if roots and not any(Path(cwd).is_relative_to(r) for r in roots):
+        return Verdict(
+            "refused", "cwd-roots", cwd,
+            f"Refused by rule cwd-roots: cwd {cwd!r} is outside the allowed roots "
+            f"({', '.join(map(str, roots))}). Pass a cwd inside one of them. Nothing was run.",
+        )  # fmt: skip
+    if (why := isolation.check_cwd(cwd)) is not None:
+        return Verdict("refused", f"isolation:{isolation.mode}", cwd, why)
+    return policy.check(command, cwd=cwd, home=str(Path.home()))
+
+
+def audit_event(
+    redactor: Redactor,
+    kind: str,
+    server_id: str,
+    client: Client | None,
+    *,
+    command: str | None = None,
+    cwd: str | None = None,
+    job_id: str | None = None,
+    verdict: Verdict | None = None,
+    detail: Mapping[str, object] | None = None,
+) -> AuditEvent:
+    """An audit event with the command and the matched part masked (see ``audit_text``)."""
+    c = client or Client()
+    return AuditEvent(
+        kind=kind,
+        server_id=server_id,
+        decision=verdict.decision if verdict else None,
+        rule=verdict.rule if verdict else None,
+        matched=audit_text(redactor, verdict.matched) if verdict else None,
+        job_id=job_id,
+        command=audit_text(redactor, command) if command is not None else None,
+        cwd=cwd,
+        client_name=c.name,
+        client_version=c.version,
+        session_id=c.session_id,
+        detail={**(detail or {}), **({"protocol": c.protocol} if c.protocol else {})},
+    )
 
 
 def policy_from(settings: Settings) -> Policy:

@@ -21,6 +21,14 @@ freed part.
 Output written after a job ended (by a background process it left) is not stored: the spool
 files are deleted at the end, and while such a process still writes into one, what it writes
 is freed as it comes (see ``release``).
+
+Spool files are created once (``O_EXCL``), never truncated: a job has one run and one output.
+
+End files: when a job's main process exits, the runner leaves its exit status beside its spool
+files (``<id>.end.<returncode>.<microseconds>[.disk-full]``, an empty file: the facts are in
+its name, so it can be created on a full disk) until the end is recorded in the database.
+Whoever takes over a job of a server that died or stopped before recording it records the true
+end from there (see ``Runner.reconcile``).
 """
 
 from __future__ import annotations
@@ -31,10 +39,12 @@ import ctypes
 import errno
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Settings
@@ -45,6 +55,9 @@ from .store import OutputBatch, Store
 log = logging.getLogger(__name__)
 
 _PUNCH_MIN = 1024 * 1024
+#: Less free space than this where spool files are is a full disk: a write of a job's output
+#: most likely failed (a block or two may be left over after a write failed for lack of space).
+_FULL_BELOW = 64 * 1024
 #: Checkpoint once output has been quiet this long (a checkpoint holds up the writer: it must not
 #: delay recording that a job ended), or at once past the hard cap on the WAL's size.
 _CHECKPOINT_QUIET_S = 1.0
@@ -86,6 +99,91 @@ def spool_paths(spool_dir: Path, job_id: str) -> dict[Stream, Path]:
     return {s: spool_dir / f"{job_id}.{s.value}" for s in Stream}
 
 
+@dataclass(frozen=True, slots=True)
+class EndRecord:
+    """How a job's main process ended, as its end file says."""
+
+    returncode: int  # negative: killed by that signal
+    ended_at: datetime
+    disk_full: bool = False
+
+
+_END = ".end."
+_DISK_FULL_FLAG = "disk-full"
+
+
+def _end_name(job_id: str, end: EndRecord) -> str:
+    micros = round(end.ended_at.timestamp() * 1_000_000)
+    flag = f".{_DISK_FULL_FLAG}" if end.disk_full else ""
+    return f"{job_id}{_END}{end.returncode}.{micros}{flag}"
+
+
+def _parse_end(name: str) -> tuple[str, EndRecord] | None:
+    job_id, sep, rest = name.partition(_END)
+    parts = rest.split(".")
+    if not sep or len(parts) not in (2, 3):
+        return None
+    try:
+        returncode, micros = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    ended_at = datetime.fromtimestamp(micros / 1_000_000, UTC)
+    return job_id, EndRecord(returncode, ended_at, parts[2:] == [_DISK_FULL_FLAG])
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) says that the disk is full."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(cur).lower()
+        if "disk is full" in text or "disk full" in text or "no space left" in text:
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a log or a reason: "disk full" said plainly when it is."""
+    # A driver error wrapped by SQLAlchemy: its own message, without the SQL and the link.
+    orig = getattr(exc, "orig", None)
+    cause = orig if isinstance(orig, BaseException) else exc
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    if is_disk_full(exc):
+        return f"disk full ({text})"
+    return f"{type(cause).__name__}: {text}"
+
+
+class FailureLog:
+    """A failure that repeats (a full disk, a locked database) is logged once with its
+    traceback, then counted: one line every ``every_s`` while it goes on, and one when it is
+    over. (Storing output retried every second with a traceback each time: 69 in 75 s.)"""
+
+    def __init__(self, event: str, every_s: float = 60.0) -> None:
+        self.event = event
+        self.every_s = every_s
+        self.failures = 0
+        self._logged_at = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if self.failures == 1:
+            self._logged_at = now
+            log.error("%s reason=%s", self.event, describe_failure(exc), exc_info=exc)
+        elif now - self._logged_at >= self.every_s:
+            self._logged_at = now
+            log.error("%s failures=%d reason=%s", self.event, self.failures, describe_failure(exc))
+
+    def succeeded(self) -> None:
+        if self.failures:
+            log.info("%s_over failures=%d", self.event, self.failures)
+            self.failures = 0
+
+
 class Ingester:
     """Moves spooled output into the database in batches, for every job this process captures."""
 
@@ -117,14 +215,17 @@ class Ingester:
     # --- registration ---------------------------------------------------------------------
 
     def create_spool(self, job_id: str) -> dict[Stream, int]:
-        """Create a job's spool files; returns write descriptors for the child (caller closes)."""
+        """Create a job's spool files; returns write descriptors for the child (caller closes).
+
+        Exclusively: a file that exists already holds output of a run of this job (a job has
+        one run), so it is never truncated or appended to; the start fails instead."""
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         writers: dict[Stream, int] = {}
         states: dict[Stream, StreamState] = {}
         try:
             for stream, path in spool_paths(self._dir, job_id).items():
                 writers[stream] = os.open(
-                    path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600
+                    path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
                 )
                 # Read-write: punching holes needs a writable descriptor.
                 states[stream] = StreamState(path, os.open(path, os.O_RDWR | os.O_CLOEXEC))
@@ -132,6 +233,9 @@ class Ingester:
             for fd in (*writers.values(), *(s.fd for s in states.values())):
                 if fd is not None:
                     os.close(fd)
+            for st in states.values():  # only the files created here
+                with contextlib.suppress(OSError):
+                    st.path.unlink()
             raise
         self._captures[job_id] = Capture(job_id, states)
         return writers
@@ -151,6 +255,50 @@ class Ingester:
             except OSError:
                 return None
         return sizes
+
+    # --- end files (see the module docstring) ------------------------------------------------
+
+    def write_end(self, job_id: str, end: EndRecord) -> None:
+        """Leave the job's exit status beside its spool files until it is recorded."""
+        try:
+            fd = os.open(
+                self._dir / _end_name(job_id, end),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                0o600,
+            )
+            os.close(fd)
+        except OSError as exc:
+            log.warning("end_file_not_written id=%s reason=%s", job_id, describe_failure(exc))
+
+    def read_end(self, job_id: str) -> EndRecord | None:
+        for path in self._dir.glob(f"{job_id}{_END}*"):
+            parsed = _parse_end(path.name)
+            if parsed is not None and parsed[0] == job_id:
+                return parsed[1]
+        return None
+
+    def clear_end(self, job_id: str) -> None:
+        """Remove the job's end file once its end is in the database."""
+        for path in self._dir.glob(f"{job_id}{_END}*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def end_files(self) -> list[str]:
+        """Ids of the jobs that have an end file."""
+        try:
+            names = [e.name for e in os.scandir(self._dir)]
+        except FileNotFoundError:
+            return []
+        return [p[0] for p in map(_parse_end, names) if p is not None]
+
+    def disk_full(self) -> bool:
+        """No space is left where jobs write their output (what root may still use counts)."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return False
+        free = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+        return free * st.f_frsize < _FULL_BELOW
 
     def last_write(self, job_id: str) -> float | None:
         """When the job last wrote output (newest spool file change, epoch seconds)."""
@@ -176,6 +324,7 @@ class Ingester:
                 await bound
 
     async def _ingest_forever(self, loop: asyncio.AbstractEventLoop) -> None:
+        failures = FailureLog("ingest_failed")
         while True:
             try:
                 more = await self._pass(None)
@@ -183,8 +332,9 @@ class Ingester:
                 quiet = loop.time() - self._stored_at > _CHECKPOINT_QUIET_S
                 if (quiet and wal > _CHECKPOINT_MIN) or wal > _CHECKPOINT_ALWAYS:
                     await self._store.checkpoint()
-            except Exception:  # task boundary: log, back off, keep capturing
-                log.exception("ingest_failed")
+                failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 (task boundary, logged: back off, keep capturing)
+                failures.failed(exc)
                 more = False
                 await asyncio.sleep(1.0)
             await asyncio.sleep(0 if more else self._settings.ingest_interval_s)
@@ -246,6 +396,11 @@ class Ingester:
 
     async def adopt(self, job: Job) -> None:
         """Store the rest of a job whose server died, resuming from the counters in its row."""
+        if job.id in self._captures:
+            # Adopted before, and that could not finish (the database): its capture knows
+            # exactly what was stored since (it moves on only once a write committed).
+            await self.finish(job.id)
+            return
         states: dict[Stream, StreamState] = {}
         seq = -1
         for stream, path in spool_paths(self._dir, job.id).items():

@@ -84,6 +84,10 @@ class EndCause(enum.StrEnum):
 #: Reasons recorded with transitions; stable strings, since people grep for them.
 REASON_SHUTDOWN = "server shutdown"
 REASON_LOST = "lost: server exited"
+#: A job whose server died as it started it, with no process of it left and no exit status.
+REASON_NO_EXIT = "lost: no exit status recorded (it may have run)"
+#: Added to the reason of a job that did not complete while its output's disk was full.
+DISK_FULL = "disk full: no space was left for its output when it ended"
 
 
 def dependency_failure(dep_id: str, status: JobStatus, exit_code: int | None,
@@ -125,14 +129,32 @@ INTERRUPT_SIGNALS = frozenset({"SIGINT", "SIGQUIT"})
 
 
 def decide_outcome(
-    returncode: int, cause: EndCause | None, idle_timeout_s: float | None = None
+    returncode: int,
+    cause: EndCause | None,
+    idle_timeout_s: float | None = None,
+    *,
+    disk_full: bool = False,
 ) -> Outcome:
     """Map a ``waitpid`` return code (negative: a signal) and the server's own cause to an outcome.
 
     A job the server was stopping counts as killed/timed out however it exited: a program that
     catches SIGTERM and exits 0 was still stopped on request. An interrupt counts only if the
-    job died of it (a REPL that handles Ctrl-C and later exits normally just exited).
+    job died of it (a REPL that handles Ctrl-C and later exits normally just exited). A cause
+    applies only if it was requested before the job exited: the runner records one only while
+    the job's main process is alive, so a job that exited by itself as a shutdown or a kill
+    began keeps its own outcome.
+
+    ``disk_full``: the file system holding its output had no space left when it ended; a job
+    that did not complete says so in its reason (its writes most likely failed for it).
     """
+    out = _outcome(returncode, cause, idle_timeout_s)
+    if disk_full and out.status is not JobStatus.COMPLETED:
+        reason = DISK_FULL if out.reason is None else f"{out.reason}; {DISK_FULL}"
+        return Outcome(out.status, out.exit_code, out.signal, reason)
+    return out
+
+
+def _outcome(returncode: int, cause: EndCause | None, idle_timeout_s: float | None) -> Outcome:
     exit_code = returncode if returncode >= 0 else None
     sig = signal_name(-returncode) if returncode < 0 else None
     how = f"exit code {exit_code}" if sig is None else f"signal {sig}"
@@ -222,6 +244,9 @@ class Job:
     after: tuple[str, ...] = ()
     run_anyway: bool = False
     rerun_of: str | None = None
+    #: When a server set out to spawn it (committed before the spawn): a queued job with it set
+    #: may have run, and is never started again.
+    start_attempted_at: datetime | None = None
     waiting_on: tuple[str, ...] = ()  # dependencies not ended yet (only loaded for queued jobs)
     events: tuple[JobEvent, ...] = field(default=())
 

@@ -75,6 +75,11 @@ class JobView(JobSummary):
         default_factory=list, description="Jobs in `after` that have not ended yet (queued jobs)."
     )
     rerun_of: str | None = Field(None, description="The job this one is a rerun of.")
+    note: str | None = Field(
+        None,
+        description="Said when its process has ended but its end is not recorded yet (output "
+        "still being stored, or the database cannot be written): call wait.",
+    )
     stdout: StreamStats
     stderr: StreamStats
     transitions: list[Transition]
@@ -193,7 +198,9 @@ def summary(job: Job, now: datetime, *, max_command: int = 500) -> JobSummary:
     )
 
 
-def view(job: Job, now: datetime, written: dict[Stream, int] | None = None) -> JobView:
+def view(
+    job: Job, now: datetime, written: dict[Stream, int] | None = None, note: str | None = None
+) -> JobView:
     written = written or {}
 
     def stats(s: Stream, stored: int, dropped: int) -> StreamStats:
@@ -218,6 +225,7 @@ def view(job: Job, now: datetime, written: dict[Stream, int] | None = None) -> J
         run_anyway=job.run_anyway,
         waiting_on=list(job.waiting_on),
         rerun_of=job.rerun_of,
+        note=note,
         stdout=stats(Stream.STDOUT, job.stdout_stored, job.stdout_dropped),
         stderr=stats(Stream.STDERR, job.stderr_stored, job.stderr_dropped),
         transitions=[Transition(status=e.to_status, at=e.at, reason=e.reason) for e in job.events],

@@ -11,9 +11,41 @@ never stays ``running`` in the database because the task that would have finishe
 cancelled.
 
 The queue lives in the database: a server starts its own queued jobs whose dependencies allow
-it, highest priority first, then oldest (``Store.queue_state``); the queued-to-running change is
-a compare-and-set, and a queued job changes owner only by a compare-and-set from a server that
-is gone (``Store.claim``), so no job is started twice, even with several servers on one file.
+it, highest priority first, then oldest (``Store.queue_state``); a queued job changes owner only
+by a compare-and-set from a server that is gone (``Store.claim``). A job this server did not
+accept itself (claimed, or written into the database by someone else) is checked against this
+server's policy before it starts (``check_claimed``).
+
+A job runs at most once, and its true end is recorded: the order of writes
+--------------------------------------------------------------------------
+A server may die (SIGKILL, power) between any two steps, and the database may refuse a write
+(locked for longer than the busy timeout, disk full). Each step below leaves a state that the
+next server on the database (``reconcile``, ``_take_over``) settles correctly:
+
+1. The job row is created ``queued``, with its audit row in the same transaction (``execute``).
+   Died here: the job never ran; the next server claims it and runs it.
+2. The intent to start is committed (``start_attempted_at``: with the row for a job started at
+   once, else by a compare-and-set), before anything is spawned. From here on no server starts
+   the job again: a queued job with an intent is never in the queue (``Store.queue_state``).
+   Died here: a server that takes the job over looks for a live process carrying the job's
+   marker (``MCP_BACKGROUND_JOB_ID``) on this boot. One alive is stopped, and the job failed as
+   ``lost: server exited``; none alive and no end file (step 5): ``lost: no exit status
+   recorded (it may have run)``.
+3. The spool files are created (never truncated: one run, one output), the process spawned.
+4. ``running`` is recorded with pid, start time and boot id. If that write fails, the process
+   tree is killed at once and the job recorded failed (step 5 path); if nothing can be written,
+   the intent stays and the next server fails the job: never a live, untracked process.
+5. When the main process exits, its exit status goes to an end file in the spool directory
+   (``capture``), before anything is written to the database. Then the rest of its output is
+   stored, then the end is recorded; a failure is retried with backoff until it succeeds, and
+   the job stays known (``kill``/``status`` say its output is being stored, or why its end
+   cannot be recorded yet). Then the end file is removed. Died (or stopped) before: whoever
+   takes the job over stores the output left in the spool files and records the TRUE end from
+   the end file, for jobs of servers that died or stopped alike.
+
+Why a job ended: a stop request (kill, timeout, shutdown) is recorded before any signal, and only
+while the job's main process is alive, so a job that exited by itself as it came keeps its own
+outcome (``_request_end``, ``jobs.decide_outcome``).
 """
 
 from __future__ import annotations
@@ -29,26 +61,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from . import proctree, ptyjob
-from .capture import Ingester
+from .capture import EndRecord, FailureLog, Ingester, describe_failure
 from .config import Settings
 from .db import utcnow
-from .errors import JobStateError, TransitionConflict
+from .errors import JobStateError, StorageError, TransitionConflict
 from .isolation import Isolation
 from .jobs import (
     ACTIVE,
     REASON_LOST,
+    REASON_NO_EXIT,
+    AuditEvent,
     EndCause,
     Job,
     JobOptions,
     JobStatus,
     ServerInstance,
     Stream,
+    signal_name,
 )
-from .store import JOB_ID_LENGTH, PruneResult, Store
+from .store import JOB_ID_LENGTH, STORAGE_FAILURES, PruneResult, Store
 from .terminal import Key
 
 log = logging.getLogger(__name__)
@@ -71,6 +105,16 @@ _QUEUE_POLL_S = 1.0
 #: TERM for programs on a PTY, unless the job's env sets one (the renderer reads xterm output).
 PTY_TERM = "xterm-256color"
 _INTERRUPT_BYTES = (b"\x03", b"\x1c")  # Ctrl-C, Ctrl-\ on a terminal
+#: Backoff between attempts to record a job's end (the database locked, the disk full).
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 5.0
+#: How long kill waits for the end to be recorded before it answers with a note saying why not.
+_KILL_RECORD_WAIT_S = 10.0
+
+#: Checks a job this server did not accept itself (claimed from a server that is gone, or written
+#: into the database by someone else) against this server's policy and records the decision:
+#: ``(job, claimed from server, this server's id)`` -> why it is refused, or None to run it.
+ClaimCheck = Callable[[Job, str | None, str], Awaitable[str | None]]
 
 
 class _StdinProtocol(asyncio.BaseProtocol):
@@ -98,6 +142,9 @@ class _Running:
     idle_timer: asyncio.TimerHandle | None = None
     idle_timeout_s: float | None = None
     spawned: float = field(default_factory=time.time)
+    exited: EndRecord | None = None  # its main process has ended (the end may not be recorded)
+    start_failed: str | None = None  # why its running row could not be written (it was stopped)
+    end_error: str | None = None  # why its end could not be recorded yet (retrying)
 
 
 class Runner:
@@ -109,10 +156,13 @@ class Runner:
         store: Store,
         ingester: Ingester,
         isolation: Isolation | None = None,
+        *,
+        check_claimed: ClaimCheck | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.ingester = ingester
+        self._check_claimed = check_claimed
         # No isolation given (unit tests of the runner): plain `sh -c`, explicit environment.
         self.isolation = isolation or Isolation(
             mode="none", network=True, writable=(), rlimits=(), env_allow=settings.env_allow
@@ -141,6 +191,16 @@ class Runner:
         #: started whose processes may be alive (running, or left behind by an ended job).
         self.watchdog = proctree.Watchdog()
         self._caught_up = asyncio.Event()
+        # Jobs created by submit() here and not started yet: every other job is checked against
+        # the policy before it starts (claimed ones: from which server, for the audit log).
+        self._submitted: set[str] = set()
+        self._claimed: dict[str, str | None] = {}
+        self._unsettled: set[str] = set()  # taken over, end not written yet (see reconcile)
+        # Jobs someone waits for: set once the database shows them ended (see wait_end).
+        self._watched: dict[str, asyncio.Event] = {}
+        self._watchers: dict[str, int] = {}
+        self._watching = False
+        self._end_failures = FailureLog("job_end_not_recorded")
 
     # --- life of the runner ---------------------------------------------------------------
 
@@ -201,7 +261,7 @@ class Runner:
             running = list(self._running)
         # Concurrently: the writes share a commit.
         requested = await asyncio.gather(
-            *(self.store.request_end(j, EndCause.SHUTDOWN) for j in running),
+            *(self._request_end(j, EndCause.SHUTDOWN) for j in running),
             return_exceptions=True,
         )
         for job_id, result in zip(running, requested, strict=True):
@@ -232,6 +292,18 @@ class Runner:
             await asyncio.wait([*finishing, *self._finishing], timeout=_SHUTDOWN_FINISH_S)
             for waiter in finishing:
                 waiter.cancel()
+        # Ends that could not be recorded in time: their end files stay in the spool directory,
+        # where the next server on the database finds them (see the module docstring).
+        for entry in self._running.values():
+            if entry.exited is not None:
+                log.warning(
+                    "job_end_left id=%s reason=%s: the next server records it from its end file",
+                    entry.job_id,
+                    entry.end_error or "still being stored",
+                )
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         unfinished = [j for j in running if j in self._running]
         for task in list(self._tasks):
             task.cancel()
@@ -279,14 +351,16 @@ class Runner:
         timeout_s: float | None,
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
         shell: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Job:
         """Record a new job and start it now if it may (a slot is free, nothing is queued ahead
         of it, no dependencies), else leave it queued for the scheduler. ``shell``: default
-        the server's."""
+        the server's. ``audit``: written with the job, in its transaction (its ``job_id`` is
+        set there): if it cannot be written, nothing is created or run."""
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
 
-        async def create(job_id: str) -> Job:
+        async def create(job_id: str, *, starting: bool) -> Job:
             job = await self.store.create_job(
                 job_id=job_id,
                 command=command,
@@ -297,8 +371,11 @@ class Runner:
                 timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
                 owner_id=self.server_id,
                 options=options,
+                audit=audit,
+                starting_on=self.boot_id if starting else None,
             )
             self._done[job.id] = asyncio.Event()
+            self._submitted.add(job.id)
             return job
 
         job_id = uuid.uuid4().hex[:JOB_ID_LENGTH]
@@ -306,41 +383,46 @@ class Runner:
             # Started here, not by the scheduler: many submissions at once are created and
             # started concurrently (their writes share commits) instead of one at a time under
             # the start lock. Taking the slot has no await before it, so it cannot be oversold.
+            # The row is created with its intent to start (no write of its own), so from its
+            # commit on the job must be started here: a shutdown that began meanwhile waits for
+            # it (``_direct_idle``) and then stops it.
             self._direct.add(job_id)
             self._direct_idle.clear()
-            try:
-                job = await create(job_id)
-            except BaseException:
-                self._release(job_id)
-                raise
-            if self._closing:
-                self._release(job_id)
-                return job  # left queued: the next server on the database starts it
-            # Shielded: a cancelled call must not leave a spawned job recorded as queued.
-            start = asyncio.ensure_future(self._start(job))
-            start.add_done_callback(lambda _: self._release(job_id))
+
+            async def create_and_start() -> Job:
+                return await self._start(await create(job_id, starting=True))
+
+            # Shielded: a cancelled call must not leave a created job unstarted, nor a spawned
+            # job recorded as queued.
+            start = asyncio.ensure_future(create_and_start())
+            start.add_done_callback(lambda task: self._started_directly(job_id, task))
             return await asyncio.shield(start)
-        job = await create(job_id)
+        job = await create(job_id, starting=False)
         if self._free_slots() <= 0:
             self._queued += 1  # later submissions queue behind it; the scheduler recounts
             return job
         started = await self._schedule()
         return started.get(job.id) or await self.store.get_job(job.id)
 
-    def _release(self, job_id: str) -> None:
+    def _started_directly(self, job_id: str, task: asyncio.Future[Job]) -> None:
         self._direct.discard(job_id)
         if not self._direct:
             self._direct_idle.set()
+        if not task.cancelled() and task.exception() is not None:
+            # Also read when the caller went away (the error reached it otherwise).
+            log.debug("job_start_error id=%s error=%s", job_id, task.exception())
 
     def _free_slots(self) -> int:
         return self.settings.max_concurrent - len(self._running.keys() | self._direct)
 
     async def _scheduler(self) -> None:
+        failures = FailureLog("schedule_failed")
         while True:
             try:
                 await self._schedule()
-            except Exception:  # task boundary: keep scheduling
-                log.exception("schedule_failed")
+                failures.succeeded()
+            except Exception as exc:  # noqa: BLE001 (task boundary, logged: keep scheduling)
+                failures.failed(exc)
                 await asyncio.sleep(1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _QUEUE_POLL_S if self._queued else None)
@@ -372,15 +454,43 @@ class Runner:
                     self._set_done(job_id)
                 self._queued = state.queued - len(state.doomed)
                 # Concurrently: their running rows share a commit.
-                for job in await asyncio.gather(*(self._start(j) for j in state.startable)):
-                    started[job.id] = job
-                    self._queued -= 1
+                results = await asyncio.gather(
+                    *(self._start(j) for j in state.startable), return_exceptions=True
+                )
+                for queued, result in zip(state.startable, results, strict=True):
+                    if isinstance(result, BaseException):
+                        log.error("job_start_failed id=%s", queued.id, exc_info=result)
+                        continue
+                    started[result.id] = result
+                    if result.status is not JobStatus.QUEUED:  # (queued: deferred, see _start)
+                        self._queued -= 1
                 if not state.doomed:
                     break  # else their own dependents may now be doomed too: look again
         return started
 
     async def _start(self, job: Job) -> Job:
-        """Spawn a queued job; returns it as it now stands (running, or failed to start)."""
+        """Spawn a queued job; returns it as it now stands (running, failed to start, refused,
+        or still queued if its intent to start could not be recorded: the scheduler tries
+        again). Raises ``StorageError`` if it was spawned but its start could not be recorded:
+        it was stopped then (see the module docstring, step 4)."""
+        if job.id in self._submitted:
+            self._submitted.discard(job.id)
+        elif self._check_claimed is not None:
+            claimed_from = self._claimed.get(job.id, job.owner_id)
+            refused = await self._check_claimed(job, claimed_from, self.server_id)
+            self._claimed.pop(job.id, None)
+            if refused is not None:
+                log.warning("job_refused id=%s claimed_from=%s", job.id, claimed_from)
+                return await self._fail_start(job, refused)
+        if job.start_attempted_at is None:
+            try:
+                job = await self.store.mark_start_attempt(job.id, self.server_id, self.boot_id)
+            except TransitionConflict:
+                return await self.store.get_job(job.id, events=False)  # killed meanwhile
+            except STORAGE_FAILURES as exc:
+                log.warning("job_start_deferred id=%s reason=%s", job.id, describe_failure(exc))
+                self._queued += 1  # nothing was spawned; the scheduler looks again
+                return job
         # An explicit environment: the server's secrets do not reach jobs (see isolation.py).
         env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
         try:
@@ -437,11 +547,23 @@ class Runner:
             terminal.attach(writers[Stream.STDOUT])  # the server appends what the job prints
         else:
             os.close(writers[Stream.STDOUT])
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except OSError as exc:
+            # Its exit could not be seen: it must not run untracked.
+            proctree.signal_pids(proctree.job_tree(job.id, popen.pid, None), signal.SIGKILL)
+            popen.wait()
+            if stdin_w >= 0:
+                os.close(stdin_w)
+            if terminal is not None:
+                terminal.close()
+            self.ingester.discard(job.id)
+            return await self._fail_start(job, f"failed to start: cannot watch its process: {exc}")
         entry = _Running(
             job.id,
             popen,
             proctree.start_time(popen.pid),
-            os.pidfd_open(popen.pid),
+            pidfd,
             terminal=terminal,
             idle_timeout_s=job.idle_timeout_s,
         )
@@ -482,20 +604,69 @@ class Runner:
         except TransitionConflict:
             # Killed while it was being started: stop what we just started.
             proctree.signal_pids(self._tree_of_own(job.id), signal.SIGKILL)
+        except Exception as exc:
+            # Its start cannot be recorded: it must not run untracked. Stopped now; its end
+            # records it failed (retried until written, see _finish), or, if nothing can be
+            # written, the intent in its row makes the next server fail it.
+            entry.start_failed = describe_failure(exc)
+            log.exception("job_start_not_recorded id=%s reason=%s", job.id, entry.start_failed)
+            proctree.signal_pids(self._tree_of_own(job.id), signal.SIGKILL)
+            raise StorageError(
+                f"Job {job.id} was spawned, but its start could not be recorded "
+                f"({entry.start_failed}): it was stopped at once and is recorded as failed, so "
+                "nothing of it keeps running. Start it again once the database can be written."
+            ) from exc
         finally:
             entry.started.set()
         return job
 
     async def _fail_start(self, job: Job, reason: str) -> Job:
+        """Record that a job could not be started (nothing of it runs). If that cannot be
+        written now, it is retried in the background and the error raised."""
         log.warning("job_spawn_failed id=%s reason=%s", job.id, reason)
+
+        async def record() -> Job:
+            try:
+                return await self.store.transition(
+                    job.id,
+                    JobStatus.FAILED,
+                    server_id=self.server_id,
+                    reason=reason,
+                    only_from=frozenset({JobStatus.QUEUED}),
+                )
+            except TransitionConflict:
+                return await self.store.get_job(job.id, events=False)
+
         try:
-            job = await self.store.transition(
-                job.id, JobStatus.FAILED, server_id=self.server_id, reason=reason
-            )
-        except TransitionConflict:
-            job = await self.store.get_job(job.id, events=False)
+            job = await record()
+        except STORAGE_FAILURES as exc:
+            self._retry_in_background(job.id, record)
+            raise StorageError(
+                f"Job {job.id} could not be started ({reason}), and that could not be recorded "
+                f"yet ({describe_failure(exc)}); it is retried. Nothing of it runs."
+            ) from exc
         self._set_done(job.id)
         return job
+
+    def _retry_in_background(self, job_id: str, write: Callable[[], Awaitable[Job]]) -> None:
+        async def retry() -> None:
+            delay = _RETRY_FIRST_S
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await write()
+                except STORAGE_FAILURES as exc:
+                    self._end_failures.failed(exc)
+                    delay = min(2 * delay, _RETRY_MAX_S)
+                    continue
+                self._end_failures.succeeded()
+                self._set_done(job_id)
+                return
+
+        task = asyncio.get_running_loop().create_task(retry(), name=f"fail-start-{job_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        task.add_done_callback(self._task_ended)
 
     # --- exits ----------------------------------------------------------------------------
 
@@ -505,12 +676,20 @@ class Runner:
         loop.remove_reader(entry.pidfd)
         os.close(entry.pidfd)
         returncode = entry.popen.wait()  # already exited: reaps at once
-        task = loop.create_task(self._finish(entry, returncode, utcnow()), name=f"finish-{job_id}")
+        entry.exited = EndRecord(returncode, utcnow(), self.ingester.disk_full())
+        if entry.start_failed is None:
+            # Before any database write: whoever takes the job over records this true end if
+            # this server cannot (a job stopped because its start was not recorded has none).
+            self.ingester.write_end(job_id, entry.exited)
+        task = loop.create_task(self._finish(entry, entry.exited), name=f"finish-{job_id}")
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         task.add_done_callback(self._task_ended)
 
-    async def _finish(self, entry: _Running, returncode: int, ended_at: datetime) -> None:
+    async def _finish(self, entry: _Running, end: EndRecord) -> None:
+        """Store the rest of the job's output, then record its end; retried with backoff until
+        it is written (or someone else ended the job), the job known meanwhile. Cancelled only
+        by shutdown, which leaves the end file for the next server."""
         job_id = entry.job_id
         for timer in (entry.timer, entry.idle_timer):
             if timer is not None:
@@ -526,23 +705,70 @@ class Runner:
                 entry.stdin.abort()  # nobody will read what is still buffered
             else:
                 entry.stdin.close()
+        delay = _RETRY_FIRST_S
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                job = await self._record_end(entry, end)
+            except TransitionConflict as exc:
+                log.warning("job_end_not_recorded id=%s: %s", job_id, exc)
+                break
+            except STORAGE_FAILURES as exc:  # (before the bug catch-all below)
+                self._end_failures.failed(exc)
+                if entry.end_error is None:
+                    log.warning(
+                        "job_end_deferred id=%s reason=%s (retried until recorded)",
+                        job_id,
+                        describe_failure(exc),
+                    )
+                entry.end_error = describe_failure(exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, _RETRY_MAX_S)
+                continue
+            except Exception:  # a bug, not the database: retrying would not help
+                log.exception("job_end_failed id=%s", job_id)
+                break
+            self._end_failures.succeeded()
+            log.info(
+                "job_ended id=%s status=%s returncode=%d attempts=%d",
+                job_id,
+                job.status,
+                end.returncode,
+                attempts,
+            )
+            break
+        self.ingester.clear_end(job_id)
+        self._running.pop(job_id, None)
+        self._set_done(job_id)
+        self._wake.set()
+
+    async def _record_end(self, entry: _Running, end: EndRecord) -> Job:
+        """One attempt: store the rest of the output (masked), then the final status."""
+        job_id = entry.job_id
         try:
             await self.ingester.finish(job_id)
             if self.on_ended is not None:
                 await self.on_ended(job_id)
-        except Exception:  # the status must still be recorded
+        except STORAGE_FAILURES:
+            raise  # the database: tried again (the output before the status)
+        except Exception:  # a bug storing or masking: the status must still be recorded
             log.exception("final_ingest_failed id=%s", job_id)
-        try:
-            job = await self.store.record_exit(
-                job_id, returncode, ended_at, server_id=self.server_id
+        if entry.start_failed is not None:
+            exit_code = end.returncode if end.returncode >= 0 else None
+            sig = signal_name(-end.returncode) if end.returncode < 0 else None
+            return await self.store.transition(
+                job_id,
+                JobStatus.FAILED,
+                server_id=self.server_id,
+                reason=f"failed to start: its start could not be recorded ({entry.start_failed})"
+                "; it was stopped",
+                only_from=ACTIVE,
+                values={"exit_code": exit_code, "signal": sig, "ended_at": end.ended_at},
             )
-            log.info("job_ended id=%s status=%s returncode=%d", job_id, job.status, returncode)
-        except TransitionConflict as exc:
-            log.warning("job_end_not_recorded id=%s: %s", job_id, exc)
-        finally:
-            self._running.pop(job_id, None)
-            self._set_done(job_id)
-            self._wake.set()
+        return await self.store.record_exit(
+            job_id, end.returncode, end.ended_at, server_id=self.server_id, disk_full=end.disk_full
+        )
 
     def _set_done(self, job_id: str) -> None:
         event = self._done.pop(job_id, None)
@@ -576,8 +802,8 @@ class Runner:
             entry.idle_timer = loop.call_later(max(left, _POLL_S), self._check_idle, job_id)
 
     async def _timeout(self, job_id: str, cause: EndCause) -> None:
-        job = await self.store.request_end(job_id, cause)
-        if job.end_cause is cause:
+        job = await self._request_end(job_id, cause)
+        if job is not None and job.end_cause is cause:
             log.info("job_timed_out id=%s cause=%s", job_id, cause)
             await self._stop_tree(job, signal.SIGTERM, self.settings.kill_grace_s)
 
@@ -598,17 +824,63 @@ class Runner:
                     only_from=frozenset({JobStatus.QUEUED}),
                 )
                 self._set_done(job_id)
+                self._submitted.discard(job_id)
                 log.info("job_killed id=%s (queued)", job_id)
+                if job.start_attempted_at is not None:
+                    # Its server was starting it (or died doing so): stop whatever of it runs.
+                    await self._stop_tree(job, sig, grace_s)
                 return await self.store.get_job(job_id)
             except TransitionConflict:
                 job = await self.store.get_job(job_id, events=False)
         if job.status is JobStatus.RUNNING:
-            job = await self.store.request_end(job_id, EndCause.KILL)
+            job = await self._request_end(job_id, EndCause.KILL, job) or job
         log.info("job_kill id=%s signal=%s grace_s=%s", job_id, sig.name, grace_s)
         await self._stop_tree(job, sig, grace_s)
         if not job.status.is_terminal:
-            await self.wait_end(job_id, 10.0)
+            # Its end is recorded once its output is stored; if that takes longer, the view
+            # says so (see end_note) rather than leave the caller guessing.
+            await self.wait_end(job_id, _KILL_RECORD_WAIT_S)
         return await self.store.get_job(job_id)
+
+    async def _request_end(
+        self, job_id: str, cause: EndCause, job: Job | None = None
+    ) -> Job | None:
+        """Record why the server is stopping a job, before any signal; None (nothing recorded)
+        if its main process has exited already: a job that ended by itself as a shutdown or a
+        kill came keeps its own outcome. Only a job on this machine can be looked at; others
+        get the request."""
+        entry = self._running.get(job_id)
+        if entry is not None:
+            if entry.exited is not None or not proctree.is_alive(
+                entry.popen.pid, entry.pid_start, self.boot_id
+            ):
+                return None  # (a zombie not reaped yet counts as exited)
+        else:
+            job = job or await self.store.get_job(job_id, events=False)
+            if job.boot_id == self.boot_id and not proctree.is_alive(
+                job.pid, job.pid_start, job.boot_id
+            ):
+                return None
+        return await self.store.request_end(job_id, cause)
+
+    def end_note(self, job_id: str) -> str | None:
+        """For a job of this server whose process has exited but whose end is not recorded
+        yet: what is going on (None otherwise)."""
+        entry = self._running.get(job_id)
+        if entry is None or entry.exited is None:
+            return None
+        rc = entry.exited.returncode
+        how = f"exit code {rc}" if rc >= 0 else f"signal {signal_name(-rc)}"
+        if entry.end_error is not None:
+            return (
+                f"Its process has ended ({how}), but its end cannot be recorded yet: "
+                f"{entry.end_error}. This server keeps trying; if it stops first, the next "
+                "server on the database records the end. Call wait."
+            )
+        return (
+            f"Its process has ended ({how}); its output is still being stored, and its end is "
+            "recorded once that is done. Call wait."
+        )
 
     def _tree_of_own(self, job_id: str) -> set[int]:
         entry = self._running.get(job_id)
@@ -772,25 +1044,66 @@ class Runner:
     async def wait_end(self, job_id: str, timeout: float) -> bool:
         """Wait until the job has ended or ``timeout`` passed; True if it ended.
 
-        Own jobs wake on an event; other servers' jobs are checked in the database a few times a
-        second (no busy loop)."""
-        event = self._done.get(job_id)
-        if event is not None:
-            try:
-                await asyncio.wait_for(event.wait(), timeout)
-            except TimeoutError:
-                return False
-            return True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            job = await self.store.get_job(job_id, events=False)
-            if job.status.is_terminal:
-                return True
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
-            await asyncio.sleep(min(_FOREIGN_POLL_S, left))
+        Ends recorded by anyone count. Own jobs wake on an event as their end is recorded; every
+        job waited for is also looked up in the database a few times a second, in one read for
+        all of them (``_watch_ends``), which sees ends that other servers or the CLI recorded:
+        a kill of a queued job of this server, say."""
+        ended = self._watch(job_id)
+        waits: list[asyncio.Future[bool]] = []
+        try:
+            own = self._done.get(job_id)
+            if own is not None:
+                waits.append(asyncio.ensure_future(own.wait()))
+            elif (await self.store.get_job(job_id, events=False)).status.is_terminal:
+                return True  # (an own job not ended has its event: no read for it)
+            waits.append(asyncio.ensure_future(ended.wait()))
+            done, _ = await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            return bool(done)
+        finally:
+            for w in waits:
+                w.cancel()
+            self._unwatch(job_id)
+
+    def _watch(self, job_id: str) -> asyncio.Event:
+        event = self._watched.setdefault(job_id, asyncio.Event())
+        self._watchers[job_id] = self._watchers.get(job_id, 0) + 1
+        if not self._watching:
+            self._watching = True
+            self._spawn_task(self._watch_ends(), "watch-ends")
+        return event
+
+    def _unwatch(self, job_id: str) -> None:
+        left = self._watchers.get(job_id, 1) - 1
+        if left > 0:
+            self._watchers[job_id] = left
+        else:
+            self._watchers.pop(job_id, None)
+            self._watched.pop(job_id, None)
+
+    async def _watch_ends(self) -> None:
+        """While anyone waits: which of the jobs waited for have ended, by anyone's hand."""
+        failures = FailureLog("watch_ends_failed")
+        try:
+            while self._watched:
+                await asyncio.sleep(_FOREIGN_POLL_S)
+                try:
+                    ended = await self.store.ended_among(list(self._watched))
+                except Exception as exc:  # noqa: BLE001 (task boundary, logged: waiters time out at worst)
+                    failures.failed(exc)
+                    continue
+                failures.succeeded()
+                for job_id in ended:
+                    event = self._watched.get(job_id)
+                    if event is not None:
+                        event.set()
+                    if job_id not in self._running and job_id not in self._direct:
+                        # A queued job of ours that someone else ended: nothing to wait for.
+                        self._set_done(job_id)
+                        self._submitted.discard(job_id)
+        finally:
+            self._watching = False
 
     async def flush(self, job_id: str) -> None:
         await self.ingester.flush(job_id)
@@ -798,10 +1111,13 @@ class Runner:
     # --- reconciliation and housekeeping --------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Take over what servers that are gone left behind. Their running jobs are failed as
-        lost (the output they wrote is stored, processes still alive are killed); their queued
-        jobs, and those of servers that stopped, are claimed and run here. Live servers' jobs
-        are never touched. Returns the number of jobs failed."""
+        """Take over what servers that are gone left behind. Jobs that may have run there
+        (running, or queued with a start intent) get the true end their end file holds, or are
+        failed as lost (the output they wrote is stored, processes still alive are killed); their
+        queued jobs that never started, and those of servers that stopped, are claimed and run
+        here (after this server's policy allows them). A stopped server's running job is one
+        whose end it could not record: taken over the same way. Live servers' jobs are never
+        touched. Returns the number of jobs failed."""
         dead: list[str] = []
         for srv in await self.store.servers_not_stopped(exclude=self.server_id):
             if srv.hostname != self._hostname:
@@ -810,41 +1126,105 @@ class Runner:
                 continue
             dead.append(srv.id)
         failed = claimed = 0
+        # Taken over earlier, but their end could not be written then: this server owns them
+        # now (no other server will look at them while it lives), so it tries again.
+        for job in (await self.store.get_jobs(list(self._unsettled))).values():
+            if job.status.is_terminal:  # (as read again: its counters moved on meanwhile)
+                self._unsettled.discard(job.id)
+            elif await self._settle(job) is JobStatus.FAILED:
+                failed += 1
         for job in await self.store.orphaned_jobs(dead):
             if not await self.store.claim(job.id, job.owner_id, self.server_id):
                 continue  # another server is reconciling it
-            if job.status is JobStatus.QUEUED:
+            if job.status is JobStatus.QUEUED and job.start_attempted_at is None:
                 claimed += 1
+                self._claimed[job.id] = job.owner_id  # checked against the policy at its start
                 log.info("job_adopted id=%s owner=%s", job.id, job.owner_id)
                 continue
-            try:
-                if job.boot_id == self.boot_id:
-                    await self._stop_tree(job, signal.SIGTERM, 0.5)
-                await self.ingester.adopt(job)
-                if self.on_ended is not None:
-                    await self.on_ended(job.id)
-            except asyncio.CancelledError:
-                # This server is shutting down (it reconciles in the background): give the job
-                # back to its dead owner, so that the next server takes it over.
-                if job.owner_id is not None:
-                    await asyncio.shield(self.store.claim(job.id, self.server_id, job.owner_id))
-                raise
-            with contextlib.suppress(TransitionConflict):
-                await self.store.transition(
-                    job.id,
-                    JobStatus.FAILED,
-                    server_id=self.server_id,
-                    reason=REASON_LOST,
-                    only_from=ACTIVE,
-                )
+            if await self._settle(job) is JobStatus.FAILED:
                 failed += 1
-                log.warning("job_lost id=%s owner=%s", job.id, job.owner_id)
         for server_id in dead:
             await self.store.mark_server_stopped(server_id)
         if claimed:
             self._queued += claimed
             self._wake.set()
         return failed
+
+    async def _settle(self, job: Job) -> JobStatus | None:
+        """``_take_over``, kept for the next reconcile if the database cannot be written."""
+        try:
+            status = await self._take_over(job)
+        except asyncio.CancelledError:
+            # This server is shutting down (it reconciles in the background): give the job back
+            # to its dead owner, so that the next server takes it over.
+            if job.owner_id is not None:
+                await asyncio.shield(self.store.claim(job.id, self.server_id, job.owner_id))
+            raise
+        except STORAGE_FAILURES as exc:
+            self._unsettled.add(job.id)
+            log.warning("job_takeover_deferred id=%s reason=%s", job.id, describe_failure(exc))
+            return None
+        self._unsettled.discard(job.id)
+        return status
+
+    async def _take_over(self, job: Job) -> JobStatus | None:
+        """Settle a job that may have run under a server that is gone (running, or queued with
+        its start intent): store the output its spool files hold, then record the true end its
+        end file holds; without one, stop what is left of it and fail it as lost. Returns the
+        status recorded (None: someone else ended it first)."""
+        end = self.ingester.read_end(job.id)
+        alive = False
+        if job.boot_id == self.boot_id:
+            # Processes carrying its marker, by pid+start time too once running was recorded.
+            alive = bool(await asyncio.to_thread(proctree.job_tree, job.id, job.pid, job.pid_start))
+            if alive:
+                await self._stop_tree(job, signal.SIGTERM, 0.5)
+        await self.ingester.adopt(job)
+        if self.on_ended is not None:
+            await self.on_ended(job.id)
+        try:
+            if end is not None:
+                done = await self.store.record_exit(
+                    job.id,
+                    end.returncode,
+                    end.ended_at,
+                    server_id=self.server_id,
+                    disk_full=end.disk_full,
+                )
+                log.info(
+                    "job_end_recovered id=%s owner=%s status=%s returncode=%d",
+                    job.id,
+                    job.owner_id,
+                    done.status,
+                    end.returncode,
+                )
+            else:
+                # A process still alive means it ran: lost like any running job of a dead
+                # server. None alive and no end: it may have run, its exit status is unknown.
+                reason = REASON_LOST if job.status is JobStatus.RUNNING or alive else REASON_NO_EXIT
+                done = await self.store.transition(
+                    job.id,
+                    JobStatus.FAILED,
+                    server_id=self.server_id,
+                    reason=reason,
+                    only_from=ACTIVE,
+                )
+                log.warning("job_lost id=%s owner=%s reason=%s", job.id, job.owner_id, reason)
+        except TransitionConflict:
+            return None
+        finally:
+            self._set_done(job.id)
+        self.ingester.clear_end(job.id)
+        return done.status
+
+    async def _sweep_end_files(self) -> None:
+        """Remove end files of jobs whose end is recorded (a server stopped or died between
+        recording an end and removing its file)."""
+        ids = self.ingester.end_files()
+        if ids:
+            for job_id in await self.store.ended_among(ids):
+                if job_id not in self._running:
+                    self.ingester.clear_end(job_id)
 
     async def caught_up(self) -> None:
         """Return once the first reconciliation after start has run (tests, commands)."""
@@ -856,9 +1236,13 @@ class Runner:
         in the database: running, until they are recorded lost."""
         loop = asyncio.get_running_loop()
         next_strays = loop.time()
+        first = True
         while True:
             try:
                 await self.reconcile()
+                if first:
+                    first = False
+                    await self._sweep_end_files()
                 if loop.time() >= next_strays:
                     next_strays = loop.time() + _STRAYS_EVERY_S
                     await self.sweep_strays()

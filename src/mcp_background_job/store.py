@@ -39,6 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import aliased
 
 from . import db
@@ -52,7 +53,7 @@ from .db import (
     ServerRow,
     utcnow,
 )
-from .errors import InvalidRequest, JobNotFound, TransitionConflict
+from .errors import InvalidRequest, JobNotFound, StorageError, TransitionConflict
 from .jobs import (
     ACTIVE,
     TERMINAL,
@@ -71,6 +72,10 @@ from .jobs import (
 )
 
 T = TypeVar("T")
+
+#: What a database call raises when the database could not be used (locked, disk full, I/O):
+#: worth trying again later, unlike a lost race (``TransitionConflict``) or a bug.
+STORAGE_FAILURES: tuple[type[Exception], ...] = (StorageError, DBAPIError)
 
 #: SQLite's substr() takes lengths below 2**31; rows are far smaller anyway.
 _SQL_MAX = 1 << 30
@@ -198,6 +203,7 @@ def _job(row: Row[Any], events: Sequence[JobEvent] = ()) -> Job:
         after=tuple(sorted(json.loads(m["after"]))) if m["after"] else (),
         run_anyway=bool(m["run_anyway"]),
         rerun_of=m["rerun_of"],
+        start_attempted_at=m["start_attempted_at"],
         events=tuple(events),
     )
 
@@ -473,14 +479,22 @@ class Store:
         timeout_s: float | None,
         owner_id: str,
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
+        audit: AuditEvent | None = None,
+        starting_on: str | None = None,
     ) -> Job:
         """Record a new queued job with its labels and dependencies.
 
         Every id in ``options.after`` must name an existing job (``InvalidRequest`` otherwise).
         Dependencies can only name jobs that exist already and never change afterwards, so
         they cannot form a cycle.
+
+        ``audit``: an event about the job written in the same transaction (its ``job_id`` is set
+        here): if it cannot be written, neither is the job, so nothing runs unaudited.
+        ``starting_on``: the boot id of the server about to spawn the job at once; its intent to
+        start is recorded with the row (see ``mark_start_attempt``).
         """
         now = utcnow()
+        intent = now if starting_on is not None else None
         opts = options
         after = sorted(set(opts.after))
         unique = sorted(set(labels))
@@ -501,7 +515,10 @@ class Store:
             "idle_timeout_s": opts.idle_timeout_s,
             "run_anyway": opts.run_anyway,
             "rerun_of": opts.rerun_of,
+            "start_attempted_at": intent,
+            "boot_id": starting_on,
         }
+        audit_row = _audit_row(replace(audit, job_id=job_id), now) if audit is not None else None
 
         def work(conn: Connection) -> None:
             if after:
@@ -529,6 +546,8 @@ class Store:
                 insert(JobEventRow),
                 {"job_id": job_id, "at": now, "to_status": JobStatus.QUEUED, "server_id": owner_id},
             )
+            if audit_row is not None:
+                conn.execute(insert(AuditEventRow), audit_row)
 
         await self._write(work)
         return Job(
@@ -550,8 +569,37 @@ class Store:
             after=tuple(after),
             run_anyway=opts.run_anyway,
             rerun_of=opts.rerun_of,
+            boot_id=starting_on,
+            start_attempted_at=intent,
             events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
         )
+
+    async def mark_start_attempt(self, job_id: str, server_id: str, boot_id: str) -> Job:
+        """Record that ``server_id`` is about to spawn its queued job, before it does: a queued
+        job with the mark may have run, so no server starts it again (a server that takes it
+        over looks for its processes instead). Raises ``TransitionConflict`` if the job is no
+        longer this server's to start (ended, or marked already)."""
+        stmt = (
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.status == JobStatus.QUEUED,
+                JobRow.owner_id == server_id,
+                JobRow.start_attempted_at.is_(None),
+            )
+            .values(start_attempted_at=bindparam("at"), boot_id=boot_id)
+        )
+
+        def work(conn: Connection) -> Job:
+            if conn.execute(stmt, {"at": utcnow()}).rowcount != 1:
+                job = _load(conn, job_id, events=False)
+                raise TransitionConflict(
+                    f"job {job_id} is {job.status} (owner {job.owner_id}); it cannot be started "
+                    "by this server"
+                )
+            return _load(conn, job_id, events=False)
+
+        return await self._write(work)
 
     async def transition(
         self,
@@ -576,14 +624,34 @@ class Store:
         return await self._write(work)
 
     async def record_exit(
-        self, job_id: str, returncode: int, ended_at: datetime, *, server_id: str
+        self,
+        job_id: str,
+        returncode: int,
+        ended_at: datetime,
+        *,
+        server_id: str,
+        disk_full: bool = False,
     ) -> Job:
         """Record how a running job's main process ended, reading why the server was stopping
-        it (if it was) in the same transaction, so a kill requested by any server counts."""
+        it (if it was) in the same transaction, so a kill requested by any server counts.
+
+        A job still queued with its start intent recorded (its server died before it recorded
+        ``running``, and its exit was found later) is moved to running first, from the time of
+        the intent, so its events tell what happened."""
 
         def work(conn: Connection) -> Job:
             job = _load(conn, job_id, events=False)
-            out = decide_outcome(returncode, job.end_cause, job.idle_timeout_s)
+            if job.status is JobStatus.QUEUED and job.start_attempted_at is not None:
+                job = _transition(
+                    conn,
+                    job,
+                    JobStatus.RUNNING,
+                    server_id,
+                    None,
+                    frozenset({JobStatus.QUEUED}),
+                    {"started_at": job.start_attempted_at},
+                )
+            out = decide_outcome(returncode, job.end_cause, job.idle_timeout_s, disk_full=disk_full)
             return _transition(
                 conn,
                 job,
@@ -633,7 +701,12 @@ class Store:
         that never can (a dependency did not complete and the job does not run anyway), and how
         many jobs it has queued in all. Jobs in ``starting`` (being started already) are left
         out. Read on the write connection, in order with the writes."""
-        own = and_(JobRow.owner_id == owner_id, JobRow.status == JobStatus.QUEUED)
+        # A job with a start intent is being started, or may have run: never started again.
+        own = and_(
+            JobRow.owner_id == owner_id,
+            JobRow.status == JobStatus.QUEUED,
+            JobRow.start_attempted_at.is_(None),
+        )
         if starting:
             own = and_(own, JobRow.id.not_in(sorted(starting)))
         unfinished = _has_dependency(_DEP.status.in_(ACTIVE))
@@ -711,6 +784,17 @@ class Store:
     async def get_job(self, job_id: str, *, events: bool = True) -> Job:
         return await self._query(lambda conn: _load(conn, job_id, events))
 
+    async def ended_among(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of the jobs that have ended, or no longer exist (pruned): one short read."""
+        ids = sorted(set(job_ids))
+        query = select(JobRow.id, JobRow.status).where(JobRow.id.in_(ids))
+
+        def work(conn: Connection) -> set[str]:
+            active = {i for i, status in conn.execute(query) if JobStatus(status) in ACTIVE}
+            return set(ids) - active
+
+        return await self._query(work)
+
     async def get_jobs(self, job_ids: Sequence[str]) -> dict[str, Job]:
         """The jobs of these ids that exist (without events), by id."""
         query = select(*_JOB_COLUMNS).where(JobRow.id.in_(sorted(set(job_ids))))
@@ -777,8 +861,9 @@ class Store:
         return jobs, (encode_list_cursor(jobs[-1]) if more else None)
 
     async def orphaned_jobs(self, dead_owner_ids: Iterable[str]) -> list[Job]:
-        """Jobs nobody will look after: queued or running jobs of the given (dead) servers or
-        of no server, and queued jobs of servers that stopped. Oldest first."""
+        """Jobs nobody will look after: queued or running jobs of the given (dead) servers, of
+        no server, or of servers that stopped (a stopped server's running job is one whose end
+        it could not record: it left it in the spool directory). Oldest first."""
         stopped = select(ServerRow.id).where(ServerRow.stopped_at.is_not(None))
         query = (
             select(*_JOB_COLUMNS)
@@ -787,7 +872,7 @@ class Store:
                 or_(
                     JobRow.owner_id.in_(list(dead_owner_ids)),
                     JobRow.owner_id.is_(None),
-                    and_(JobRow.status == JobStatus.QUEUED, JobRow.owner_id.in_(stopped)),
+                    JobRow.owner_id.in_(stopped),
                 ),
             )
             .order_by(JobRow.created_at, JobRow.id)
@@ -1137,21 +1222,7 @@ class Store:
     async def record_audit(self, event: AuditEvent) -> AuditEvent:
         """Append one audit event; returns it with its id and time."""
         now = utcnow()
-        row = {
-            "at": now,
-            "server_id": event.server_id,
-            "kind": event.kind,
-            "decision": event.decision,
-            "rule": event.rule,
-            "matched": event.matched,
-            "job_id": event.job_id,
-            "command": event.command,
-            "cwd": event.cwd,
-            "client_name": event.client_name,
-            "client_version": event.client_version,
-            "session_id": event.session_id,
-            "detail": json.dumps(event.detail, sort_keys=True, default=str),
-        }
+        row = _audit_row(event, now)
 
         def work(conn: Connection) -> int | None:
             result = conn.execute(insert(AuditEventRow), row)
@@ -1220,6 +1291,24 @@ class Store:
         )
         params = [{"j": job_id, "s": stream, "o": o, "n": len(d), "d": d} for o, d in updates]
         await self._write(lambda conn: conn.execute(stmt, params))
+
+
+def _audit_row(event: AuditEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "at": now,
+        "server_id": event.server_id,
+        "kind": event.kind,
+        "decision": event.decision,
+        "rule": event.rule,
+        "matched": event.matched,
+        "job_id": event.job_id,
+        "command": event.command,
+        "cwd": event.cwd,
+        "client_name": event.client_name,
+        "client_version": event.client_version,
+        "session_id": event.session_id,
+        "detail": json.dumps(event.detail, sort_keys=True, default=str),
+    }
 
 
 def _rowcount(stmt: Executable, conn: Connection) -> int:
