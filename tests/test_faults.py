@@ -133,6 +133,7 @@ async def test_a_start_and_its_failure_that_cannot_be_recorded_leave_the_intent_
     sql(settings.db, "drop trigger frozen")
     heir = await App.open(settings)
     try:
+        await heir.runner.caught_up()  # reconciliation runs in the background
         job = await heir.store.get_job(job_id)
         assert (job.status, job.reason) == (JobStatus.FAILED, REASON_NO_EXIT)
         assert [e.to_status for e in job.events] == [JobStatus.QUEUED, JobStatus.FAILED]
@@ -239,6 +240,7 @@ async def test_a_stopped_servers_job_gets_the_true_end_left_in_its_end_file(
 
     app = await App.open(settings)
     try:
+        await app.runner.caught_up()  # reconciliation runs in the background
         job = await app.store.get_job("aaa000000001")
         assert (job.status, job.exit_code, job.reason) == (JobStatus.FAILED, 7, None)
         assert job.ended_at == ended_at

@@ -265,8 +265,8 @@ class Runner:
             return_exceptions=True,
         )
         for job_id, result in zip(running, requested, strict=True):
-            if isinstance(result, Exception):
-                log.warning("shutdown_end_not_requested id=%s error=%r", job_id, result)
+            if isinstance(result, Exception):  # go on stopping the others
+                log.error("shutdown_end_not_requested id=%s", job_id, exc_info=result)
         own = self.watchdog.jobs()
         exclude = () if self.watchdog.pid is None else (self.watchdog.pid,)
 
@@ -312,13 +312,15 @@ class Runner:
         if self._subreaper:
             proctree.set_child_subreaper(False)
         if unfinished:
-            # Not marked stopped: the next server takes their rows over (failed as lost) and
-            # stores what is left in their spool files.
+            # Their end files stay beside their spool files: the next server on the database
+            # records their true ends from there (see reconcile), as for any stopped server.
             log.warning("shutdown_ends_not_recorded ids=%s", ",".join(unfinished))
-        else:
-            # Queued jobs stay queued: once this server is marked stopped, the next server on
-            # the database claims them (see reconcile).
+        # Queued jobs stay queued: once this server is marked stopped, the next server on the
+        # database claims them (see reconcile).
+        try:
             await self.store.mark_server_stopped(self.server_id)
+        except Exception:  # the next server sees this one is gone by its pid instead
+            log.exception("server_not_marked_stopped id=%s", self.server_id)
         self.watchdog.close()
         log.info(
             "server_stopped id=%s jobs_stopped=%d jobs_left_queued=%d seconds=%.3f",
