@@ -424,7 +424,7 @@ def test_corpus_is_big_enough() -> None:
             "builtin:block-device-write",
             "dd if=/dev/zero of=/dev/sda",
         ),
-        (":(){ :|:& };:", "builtin:fork-bomb", ":() { : | : & }"),
+        (":(){ :|:& };:", "builtin:fork-bomb", ":() { ... : ... } (calls itself in a new process)"),
         ("$CMD -rf /", "unverifiable:dynamic", "$CMD"),
     ],
 )
@@ -629,10 +629,10 @@ def test_which_jobs_read_commands_from_stdin(command: str, expected: bool) -> No
 
 
 def test_shell_input_is_checked_as_complete_lines_with_what_came_before() -> None:
-    shell = ShellInput(DENY)
+    shell = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev")
 
     def send(text: str, eof: bool = False) -> str:
-        verdict = shell.check(text, eof=eof, cwd="/home/dev/proj", home="/home/dev")
+        verdict = shell.check(text, eof=eof)
         if verdict.allowed:
             shell.accept(text, eof=eof)
         return verdict.rule
@@ -645,7 +645,7 @@ def test_shell_input_is_checked_as_complete_lines_with_what_came_before() -> Non
     assert send("/\n") == "builtin:rm-root"  # a line continuation joins the two
     # the shell still holds `rm -rf \`: this runs `rm -rf echo next`, harmless
     assert send("echo next\n") == "default:deny-list"
-    shell = ShellInput(DENY)
+    shell = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev")
     assert send("if true; then\n") == "shell-input:unfinished"
     assert send("  make test\n") == "shell-input:unfinished"
     assert send("fi\n") == "default:deny-list"
