@@ -555,7 +555,10 @@ def _rule_mkfs(cmd: SimpleCommand, env: _Env) -> str | None:
         or t.startswith("/dev/") or t.endswith(".img") for t in texts
     ) and "print" in texts:  # fmt: skip
         return None
-    if name == "wipefs" and not set(texts) & {"-a", "--all", "-o", "--offset", "-t", "--types"}:
+    if name == "wipefs" and not any(
+        re.fullmatch(r"-[a-z]*[aot][a-z]*", t) or t.startswith(("--all", "--offset", "--types"))
+        for t in texts
+    ):
         return None
     if name == "badblocks" and not any(t.startswith("-") and ("w" in t or "n" in t)
                                        for t in texts):  # fmt: skip
@@ -669,7 +672,7 @@ _POWER = ("poweroff", "reboot", "halt", "kexec", "suspend", "hibernate", "hybrid
           "suspend-then-hibernate", "sleep", "emergency", "rescue", "soft-reboot",
           "ctrl-alt-del", "shutdown", "exit", "final")  # fmt: skip
 _POWER_UNIT = re.compile(r"^(systemd-)?(" + "|".join(map(re.escape, _POWER)) +
-                         r")(\.target|\.service)?$")  # fmt: skip
+                         r"|runlevel[016])(\.target|\.service)?$")  # fmt: skip
 _CRITICAL_UNIT = re.compile(
     r"^(-\.slice|init\.scope|user\.slice|system\.slice|user@.*|"
     r"session-.*\.scope|systemd-logind(\.service)?|dbus(\.service)?|"
@@ -764,6 +767,8 @@ def _kill(cmd: SimpleCommand) -> str | None:
     if sig is not None and sig.lstrip("0") == "" and sig != "":
         return None  # signal 0: only asks whether the processes exist
     for w in pids:
+        if w.substituted and set(w.substituted) <= {"ps"}:
+            return f"kill {w.text[:80]} (every process ps lists)"
         for v in w.values:
             try:
                 n = int(v, 10)
@@ -908,16 +913,23 @@ def _download_targets(cmd: SimpleCommand) -> list[Word]:
     explicit = False
     for k, t in enumerate(texts):
         for f in value_flags:
-            if t == f and k + 1 < len(texts):
+            if len(f) == 2 and not t.startswith("--"):
+                # a cluster of short flags ending in the letter (`curl -sSLo FILE`, `wget -qO
+                # FILE`), or with the value attached (`-qOFILE`)
+                m = re.fullmatch(rf"-[a-zA-Z]*?{f[1]}(.*)", t, re.S)
+                if m is None:
+                    continue
+                if m.group(1):
+                    out.append(Word(m.group(1)))
+                elif k + 1 < len(texts):
+                    out.append(args[k + 1])
+                explicit = True
+            elif t == f and k + 1 < len(texts):
                 out.append(args[k + 1])
                 explicit = True
-            elif t.startswith(f + "=") or (len(f) == 2 and t.startswith(f) and len(t) > 2
-                                           and not t.startswith("--")):  # fmt: skip
-                out.append(Word(t.split("=", 1)[1] if "=" in t else t[2:]))
+            elif t.startswith(f + "="):
+                out.append(Word(t.split("=", 1)[1]))
                 explicit = True
-        if name == "curl" and re.fullmatch(r"-[a-zA-Z]*o", t) and k + 1 < len(texts):
-            out.append(args[k + 1])  # `curl -sSLo FILE`
-            explicit = True
         if name == "lwp-download" and len([a for a in texts if not a.startswith("-")]) > 1:
             out.append(Word([a for a in texts if not a.startswith("-")][-1]))
     remote_name = name == "curl" and any(
@@ -975,8 +987,11 @@ def _apply_effects(cmd: SimpleCommand, env: _Env) -> None:
     if cmd.name in _DOWNLOADERS or (fetched is not None and (cmd.name in ("tee", "cat", "dd")
                                                              or cmd.writes)):  # fmt: skip
         who = fetched or cmd.name
-        for w in _written(cmd) if cmd.name in _DOWNLOADERS or cmd.name in ("tee", "dd") else \
-                cmd.writes:  # fmt: skip
+        if cmd.name in _DOWNLOADERS:
+            outs = [*cmd.writes, *_download_targets(cmd)]
+        else:
+            outs = _written(cmd) if cmd.name in ("tee", "dd") else list(cmd.writes)
+        for w in outs:
             for p in resolve_all(w):
                 eff.downloaded[p] = who
                 eff.downloaded_names[posixpath.basename(p)] = who
@@ -1674,8 +1689,9 @@ def _open_constructs(text: str) -> tuple[list[str], bool]:
 
 
 _CLOSERS = {
-    "'": ["'"], '"': ['"'], "$'": ["'"], "`": ["`"], "(": [")"], "$(": [")"], "$((": ["))"],
-    "${": ["}"], "{": ["\n}", "\n:\n}"], "[[": [" ]]"],
+    "'": ["'"], '"': ['"'], "$'": ["'"], "`": ["`", ":`"], "(": [")", "\n:\n)"],
+    "$(": [")", "\n:\n)"], "$((": ["))", "0))"], "${": ["}"], "{": ["\n}", "\n:\n}"],
+    "[[": [" ]]", " x ]]"],
     "if": ["\nfi", "\n:\nfi", "\nthen :\nfi", "; then :; fi"],
     "loop": ["\ndone", "\n:\ndone", "\ndo :\ndone", "; do :; done"],
     "case": ["\nesac", "\n;;\nesac", " in *) :;; esac", "\n*) :;;\nesac"],

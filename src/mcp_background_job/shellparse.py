@@ -224,10 +224,15 @@ class Scope:
     home: str = "/root"
     positional: tuple[str, ...] | None = None
     aliases: set[str] = field(default_factory=set)
+    #: arrays by name: their elements, or None when unknown (``mapfile``, ``read -a``)
+    arrays: dict[str, tuple[Word, ...] | None] = field(default_factory=dict)
+    #: functions defined so far: the text of their bodies (a shell keeps them between lines)
+    functions: dict[str, str] = field(default_factory=dict)
 
     def copy(self) -> Scope:
         return Scope(dict(self.vars), self.env_known, self.cwd, self.oldcwd, self.home,
-                     self.positional, set(self.aliases))  # fmt: skip
+                     self.positional, set(self.aliases), dict(self.arrays),
+                     dict(self.functions))  # fmt: skip
 
     @classmethod
     def initial(
@@ -550,6 +555,9 @@ class _Walker:
         self.s = scope
         self.nesting = 0
         self.payloads: list[str] = []  # payload texts being analysed (to see one run itself)
+        self.defined: dict[str, tuple[Node, bytes]] = {}  # function bodies, to walk at calls
+        self.deferred: dict[str, list[Problem]] = {}  # found in a body, reported at a call
+        self.inlining: list[str] = []  # functions being walked for a call
         self.backgrounds = 0  # statements run with `&` so far
         self.stoppers = 0  # break/exit/return/wait so far
         self.src = b""  # source of the script being walked
@@ -751,7 +759,9 @@ class _Walker:
         if (
             self.backgrounds > before_bg
             and self.stoppers == before_stop
-            and _endless(n, kind, self.src)
+            and (
+                _endless(n, kind, self.src) or ("yes" in ctx.upstream and _reads_input(n, self.src))
+            )
         ):
             self.a.bombs.append(f"{self._t(n, 120)} (an endless loop that starts processes in "
                                 "the background)")  # fmt: skip
@@ -760,14 +770,24 @@ class _Walker:
         name_node = n.child_by_field_name("name")
         name = _unescape_word(self._t(name_node)) if name_node is not None else ""
         self.a.functions.setdefault(name, set())
+        body = n.child_by_field_name("body")
+        if body is not None:
+            self.defined[name] = (body, self.src)
+            self.s.functions[name] = self._t(body, MAX_COMMAND_CHARS)
         saved_positional = self.s.positional
         self.s.positional = None  # its arguments are the caller's
+        # What cannot be verified in the body only matters when the function runs: a call
+        # walks the body again with the call's arguments and reports it then (see _call).
+        problems = len(self.a.problems)
         try:
             for c in n.named_children:
                 if c != name_node:
                     self.statement(c, ctx._replace(certain=False, function=name))
         finally:
             self.s.positional = saved_positional
+            found = self.a.problems[problems:]
+            self.deferred[name] = [p for p in found if not p.is_limit]
+            self.a.problems[problems:] = [p for p in found if p.is_limit]
 
     def assignment(self, n: Node, ctx: _Ctx, strong: bool) -> None:
         name_node = n.child_by_field_name("name")
@@ -780,7 +800,15 @@ class _Walker:
         name = self._t(name_node)
         op = next((c.type for c in n.children if not c.is_named), "=")
         if value_node is not None and value_node.type == "array":
-            value = _unknown(name, value.substituted)
+            elements: list[Word] = []
+            for c in value_node.named_children:
+                elements.extend(self._split_words(c, ctx))
+            old = self.s.arrays.get(name, ()) if op == "+=" else ()
+            known = old is not None and strong and all(not e.dynamic for e in elements)
+            self.s.arrays[name] = (*old, *elements) if known and old is not None else None
+            first = (old or elements or [Word("")])[0] if known else _unknown(name)
+            self.set_var(name, first, strong)
+            return
         if op == "+=":
             value = _product([self._lookup_word(name), value])
         self.set_var(name, value, strong)
@@ -836,6 +864,7 @@ class _Walker:
         value (HOME stays the home directory: treated as such however it is written)."""
         home = self.s.vars.get("HOME", Word(self.s.home))
         self.s.vars = {"HOME": _union(home, Word(self.s.home))}
+        self.s.arrays = {}
         self.s.env_known = False
         self.s.positional = None
 
@@ -1058,6 +1087,8 @@ class _Walker:
             if cmd_name in _STOPPERS:
                 self.stoppers += 1
             _unwrap(self, cmd, ctx, fed)
+            if (cmd_name in self.defined or cmd_name in self.s.functions) and "/" not in raw:
+                self._call(cmd, ctx)
 
     def _command_names(self, name: Word, source: str) -> list[str] | None:
         """The command names a name word may be; None when it cannot be known (recorded)."""
@@ -1084,6 +1115,35 @@ class _Walker:
                 return None
             out.append(v)
         return out
+
+    def _call(self, cmd: SimpleCommand, ctx: _Ctx) -> None:
+        """A call of a function defined in the line: its body again, with the call's
+        arguments as $1... (``f(){ rm -rf "$1"; }; f ~``). Not into a function already being
+        walked for a call (recursion), nor deeper than three calls."""
+        name = cmd.name
+        if name in self.inlining:
+            return  # recursion: the walk in progress reports the body's problems
+        if len(self.inlining) >= 3:
+            self.a.problems.extend(self.deferred.get(name, ()))  # not walked: as defined
+            return
+        known = all(a.known is not None for a in cmd.args)
+        saved = self.src, self.s.positional
+        self.s.positional = tuple(a.known or "" for a in cmd.args) if known else None
+        self.inlining.append(name)
+        inner = ctx._replace(via=(*ctx.via, f"{name}()"), certain=False)
+        try:
+            if name in self.defined:
+                body, self.src = self.defined[name]
+                self.a.nodes += body.descendant_count
+                if self.a.nodes > MAX_NODES:
+                    self._limit("too-complex", f"more than {MAX_NODES} syntax elements",
+                                cmd.source)  # fmt: skip
+                self.node(body, inner)
+            else:  # defined by an earlier command line typed into the same shell
+                self.script(self.s.functions[name], inner)
+        finally:
+            self.inlining.pop()
+            self.src, self.s.positional = saved
 
     # --- what commands do to the shell itself ---------------------------------------------
 
@@ -1123,6 +1183,7 @@ class _Walker:
                 base = t.split("[", 1)[0]
                 if _is_name(base):
                     self.s.vars[base] = _unknown(base, (name,))
+                    self.s.arrays[base] = None
         elif name in ("export", "declare", "typeset", "local", "readonly"):
             if any(t.startswith("-") and "n" in t for t in texts):
                 self._forget_variables()
@@ -1135,8 +1196,12 @@ class _Walker:
                     self._special_assignment(var, value, ctx, cmd.source)
         elif name == "unset":
             for t in texts:
-                if _is_name(t):
+                if _is_name(t) and "-f" in texts:
+                    self.s.functions.pop(t, None)
+                    self.defined.pop(t, None)
+                elif _is_name(t):
                     self.s.vars[t] = Word("")
+                    self.s.arrays.pop(t, None)
         elif name in ("source", "."):
             self._forget_variables()
         elif name == "set":
@@ -1254,6 +1319,10 @@ class _Walker:
             self.child(lambda: self.statements(n, sub_ctx))
             names = tuple(dict.fromkeys(c.name for c in self.a.commands[before:]))
             text = self._t(n, 400)
+            if kind == "command_substitution" and len(self.a.commands) == before + 1:
+                known = self._known_output(self.a.commands[before], text)
+                if known is not None:
+                    return known
             if kind == "process_substitution":
                 return Word(text, (text,), dynamic=True, substituted=names or ("<(...)",),
                             tail="", procsub=True)  # fmt: skip
@@ -1271,6 +1340,32 @@ class _Walker:
             Problem("unknown-node", f"shell construct {kind!r} is not analysed", self._t(n))
         )
         return Word(self._t(n), dynamic=True, tail="")
+
+    def _known_output(self, cmd: SimpleCommand, text: str) -> Word | None:
+        """``$(pwd)`` is the cwd; ``$(mktemp -d)`` a new name in the temp directory (or in
+        its -p/--tmpdir directory, or its template's): known enough to judge paths by."""
+        if cmd.name == "pwd" and cmd.cwd is not None:
+            return Word(cmd.cwd)
+        if cmd.name != "mktemp" or any(a.dynamic for a in cmd.args):
+            return None
+        texts = [a.text for a in cmd.args]
+        base = self._lookup("TMPDIR").known or "/tmp"  # noqa: S108 -- mktemp's default
+        template = "tmp.XXXXXXXXXX"
+        i = 0
+        while i < len(texts):
+            t = texts[i]
+            if t in ("-p", "--tmpdir") and i + 1 < len(texts):
+                base, i = texts[i + 1], i + 2
+                continue
+            if t.startswith("--tmpdir="):
+                base = t.split("=", 1)[1]
+            elif not t.startswith("-"):
+                template = t
+                if "/" in t:
+                    base = ""
+            i += 1
+        name = posixpath.join(base, template) if base else template
+        return Word(text, (name.replace("X", "x"),), tail=None)
 
     def _tilde(self, value: str) -> Word:
         if not value.startswith("~"):
@@ -1344,8 +1439,14 @@ class _Walker:
         if m is None or (name_node is None and not m.group(2)):
             return Word(text, (text, ""), dynamic=True, tail="")
         prefix, name, op = m.group(1), m.group(2), m.group(3)
-        if prefix == "!" or op.startswith("["):
-            return Word(text, (text, ""), dynamic=True, tail="")  # indirection, arrays
+        if prefix == "!":
+            return Word(text, (text, ""), dynamic=True, tail="")  # indirection
+        if op.startswith("["):
+            elements = self._array(name, op)
+            if elements is None or prefix:
+                origin = self.s.vars[name].substituted if name in self.s.vars else ()
+                return Word(text, (text, ""), dynamic=True, substituted=origin, tail="")
+            return _product(_spaced(list(elements))) if elements else Word("")
         value = self._lookup(name)
         if prefix == "#":
             return Word(str(len(value.text)) if not value.dynamic else text,
@@ -1371,6 +1472,9 @@ class _Walker:
                 if value.dynamic:  # never empty: the shell stops the line when it is
                     vals = tuple(v for v in value.values if v != "")
                     return Word(text, vals or (text,), dynamic=True, tail="")
+                if empty or value.known == "":
+                    # the shell stops the line here: nothing after it runs with this value
+                    return Word(text, dynamic=True, tail="")
                 return value
             # `+`: the operand when set
             if value.known is not None:
@@ -1381,6 +1485,26 @@ class _Walker:
                 return Word(text, (self.s.home,), dynamic=True, tail="")
             return Word(text, (text, ""), dynamic=True, tail="")
         return _string_operation(value, op, operand, text)
+
+    def _array(self, name: str, op: str) -> tuple[Word, ...] | None:
+        """The elements ``${name[...]}`` stands for, when known: ``[@]``/``[*]``, ``[N]``."""
+        m = re.fullmatch(r"\[\s*(@|\*|\d+)\s*\]", op)
+        if m is None:
+            return None
+        if name in self.s.arrays:
+            elements = self.s.arrays[name]
+        elif name in self.s.vars:  # a scalar is an array of one
+            elements = (self.s.vars[name],)
+        elif self.s.env_known:
+            elements = ()
+        else:
+            return None
+        if elements is None:
+            return None
+        if m.group(1) in ("@", "*"):
+            return elements
+        i = int(m.group(1))
+        return (elements[i],) if i < len(elements) else ()
 
     def _walk_expression(self, n: Node, ctx: _Ctx) -> None:
         if n.type in ("command_substitution", "process_substitution", "expansion",
@@ -1407,6 +1531,12 @@ class _Walker:
         text = self._t(n, 16)
         if text in ("$@", "$*", "${@}", "${*}", '"$@"', '"${@}"') and self.s.positional is not None:
             return [Word(p) for p in self.s.positional]  # each parameter its own word
+        each = re.fullmatch(r'"?\$\{(\w+)\[[@*]\]\}"?', self._t(n, 200))
+        if each is not None:  # "${arr[@]}": each element its own word
+            elements = self._array(each.group(1), "[@]")
+            if elements is not None:
+                return list(elements)
+            return [word]
         if n.type in ("simple_expansion", "expansion"):
             if not word.dynamic and len(word.values) == 1:
                 return [Word(p) for p in word.text.split()]
@@ -1591,6 +1721,12 @@ def _endless(n: Node, kind: str, src: bytes) -> bool:
     return bool(re.match(
         r"(while\s+(true|:|/bin/true|/usr/bin/true|\[\s*1\s*\]|\[\[\s*1\s*\]\]|\(\(\s*1\s*\)\))"
         r"|until\s+(false|/bin/false|!\s*true))\s*(;|\n|do\b)", text))  # fmt: skip
+
+
+def _reads_input(n: Node, src: bytes) -> bool:
+    """``while read ...``: fed by ``yes``, it never ends."""
+    text = src[n.start_byte : min(n.end_byte, n.start_byte + 200)].decode("utf-8", "replace")
+    return bool(re.match(r"while\s+(IFS=\S*\s+)?read\b", text))
 
 
 def _merge_dollar(nodes: list[Node]) -> list[Node]:
@@ -1929,6 +2065,8 @@ def _unwrap(w: _Walker, cmd: SimpleCommand, ctx: _Ctx, fed: list[str] | None) ->
     elif name == "trap" and args and not args[0].text.startswith("-"):
         w.payload(args[0], ctx._replace(via=via), cmd.source, child=True)
     elif name == "eval":
+        if args and args[0].text == "--":
+            args = args[1:]
         code = _product(_spaced(list(args))) if args else Word("")
         if code.dynamic and _trusted_generator(code.text):
             w._forget_variables()  # it may set anything
