@@ -227,8 +227,14 @@ class _Paths:
         if not comps:
             return "/"
         if not whole:
-            if len(comps) == 1 and (any(_match(s, comps[0]) for s in _SYSTEM)):
+            system = any(_match(s, comps[0]) for s in _SYSTEM)
+            if len(comps) == 1 and system:
                 return "a system directory"
+            if len(comps) == 2 and system and _broad(comps[1]):
+                return "everything in a system directory"
+            if len(comps) == 3 and comps[:2] in (["usr", "bin"], ["usr", "sbin"], ["usr", "lib"]) \
+                    and _broad(comps[2]):  # fmt: skip
+                return "everything in a system directory"
             return None
         for i in range(len(comps), -1, -1):
             prefix, rest = comps[:i], comps[i:]
@@ -431,6 +437,14 @@ def _rule_rm_root(cmd: SimpleCommand, env: _Env) -> str | None:
             hit = env.danger_word(w, cmd)
             if hit is not None:
                 return f"mv {hit}"
+    elif name == "git" and "clean" in [a.text for a in cmd.args]:
+        texts = [a.text for a in cmd.args]
+        forced = any(re.fullmatch(r"-[a-zA-Z]*f[a-zA-Z]*", t) or t == "--force" for t in texts)
+        where = next((texts[k + 1] for k, t in enumerate(texts[:-1]) if t == "-C"), ".")
+        if forced:
+            hit = env.danger_word(Word(where.rstrip("/") + "/*"), cmd)
+            if hit is not None:
+                return f"git clean -f in {hit}"
     elif name == "rsync":
         opts, operands, _ = _parse(cmd.args, _RSYNC)
         deleting = any(o.startswith("del") or o == "remove-source-files" for o in opts)
@@ -769,6 +783,10 @@ def _kill(cmd: SimpleCommand) -> str | None:
     for w in pids:
         if w.substituted and set(w.substituted) <= {"ps"}:
             return f"kill {w.text[:80]} (every process ps lists)"
+        if w.substituted == ("pgrep",):
+            inner = re.sub(r"^(\$\(|`)|(\)|`)$", "", w.text.strip().strip('"'))
+            if _pkill_words("pkill", inner.split()[1:]) is not None:
+                return f"kill {w.text[:80]} (every process of a user, or all)"
         for v in w.values:
             try:
                 n = int(v, 10)
@@ -788,7 +806,10 @@ def _pkill(cmd: SimpleCommand) -> str | None:
     """``pkill -u USER`` (every process of a user), ``pkill -9 .``, ``killall -u USER``."""
     if cmd.name == "pgrep":
         return None
-    texts = [a.text for a in cmd.args]
+    return _pkill_words(cmd.name, [a.text for a in cmd.args])
+
+
+def _pkill_words(name: str, texts: list[str]) -> str | None:
     selectors = {"-u", "-U", "-G", "-g", "-s", "-P", "-t", "--euid", "--uid", "--group",
                  "--pgroup", "--session", "--parent", "--terminal", "--user", "-r", "--regexp",
                  "--ns", "--nslist", "--older", "--younger", "-o", "-y"}  # fmt: skip
@@ -802,7 +823,7 @@ def _pkill(cmd: SimpleCommand) -> str | None:
             has_selector = has_selector or t not in ("-r", "--regexp", "-o", "-y")
             if t in ("-r", "--regexp") and i < len(texts):
                 patterns.append(texts[i])
-            if ("=" not in t and t not in ("-o", "-y")) or (cmd.name == "killall" and t in
+            if ("=" not in t and t not in ("-o", "-y")) or (name == "killall" and t in
                                                            ("-o", "-y")):  # fmt: skip
                 i += 1
             continue
@@ -810,10 +831,10 @@ def _pkill(cmd: SimpleCommand) -> str | None:
             continue
         patterns.append(t)
     if not patterns and has_selector:
-        return f"{cmd.name} {' '.join(texts)} (every process of a user or group)"
+        return f"{name} {' '.join(texts)} (every process of a user or group)"
     for p in patterns:
         if _MATCH_ALL.match(p):
-            return f"{cmd.name} {p!r} (matches every process)"
+            return f"{name} {p!r} (matches every process)"
     return None
 
 

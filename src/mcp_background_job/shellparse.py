@@ -27,8 +27,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fnmatch
+import itertools
 import posixpath
 import re
+import shlex
 import threading
 import time
 import unicodedata
@@ -737,8 +739,10 @@ class _Walker:
             var = n.child_by_field_name("variable")
             values = [self.word(v, ctx) for v in n.children_by_field_name("value")]
             name = self._t(var)
-            if not values:
-                self.s.vars[name] = _unknown(name)  # `for x; do`: the positional parameters
+            if not values and self.s.positional is not None:  # `for x; do`: "$@"
+                self.s.vars[name] = _loop_values(name, [Word(p) for p in self.s.positional])
+            elif not values:
+                self.s.vars[name] = _unknown(name)
             else:
                 self.s.vars[name] = _loop_values(name, values)
         else:
@@ -1346,6 +1350,8 @@ class _Walker:
         its -p/--tmpdir directory, or its template's): known enough to judge paths by."""
         if cmd.name == "pwd" and cmd.cwd is not None:
             return Word(cmd.cwd)
+        if cmd.name in ("dirname", "basename", "realpath", "readlink", "echo", "printf"):
+            return _simple_output(cmd, text)
         if cmd.name != "mktemp" or any(a.dynamic for a in cmd.args):
             return None
         texts = [a.text for a in cmd.args]
@@ -1615,6 +1621,33 @@ class _Walker:
                     value = _product(_spaced([probe.word(c, ctx) for c in r.named_children]))
                     return None if value.dynamic else [value.text + "\n"]
         return None
+
+
+def _simple_output(cmd: SimpleCommand, text: str) -> Word | None:
+    """What ``dirname``/``basename``/``realpath``/``readlink -f``/``echo``/``printf`` of known
+    words print (without the trailing newline, as ``$(...)`` drops it)."""
+    if any(a.known is None for a in cmd.args) or cmd.stdin_script:
+        return None
+    texts = [a.known or "" for a in cmd.args]
+    ops = [t for t in texts if not t.startswith("-")]
+    if cmd.name == "printf":
+        return Word(text, (printf_output(texts[0], texts[1:]).rstrip("\n"),)) if texts else None
+    if cmd.name == "echo":
+        return Word(text, (" ".join(t for t in texts if not re.fullmatch(r"-[neE]+", t)),))
+    if len(ops) != 1:
+        return None
+    path = ops[0]
+    if cmd.name == "dirname":
+        out = posixpath.dirname(path.rstrip("/")) or ("/" if path.startswith("/") else ".")
+    elif cmd.name == "basename":
+        out = posixpath.basename(path.rstrip("/"))
+    elif cmd.name == "readlink" and not any(t in ("-f", "-e", "-m") for t in texts):
+        return None
+    elif cmd.cwd is not None or path.startswith("/"):  # realpath, readlink -f
+        out = _norm(posixpath.join(cmd.cwd or "/", path))
+    else:
+        return None
+    return Word(text, (out,))
 
 
 def _loop_values(name: str, values: list[Word]) -> Word:
@@ -2203,8 +2236,7 @@ def _env_inner(w: _Walker, cmd: SimpleCommand, ctx: _Ctx) -> tuple[Word, ...]:
             if full == "--split-string":
                 value = Word(val) if eq else (args[i + 1] if i + 1 < len(args) else Word(""))
                 rest = list(args[i + 1 :] if eq else args[i + 2 :])
-                w.payload(_product(_spaced([value, *rest])), ctx, cmd.source, child=True)
-                return ()
+                return _split_string(w, value, rest)
             i += 1 if eq or full not in ("--unset", "--chdir", "--argv0") else 2
             continue
         if t.startswith("-") and t != "-":
@@ -2215,8 +2247,7 @@ def _env_inner(w: _Walker, cmd: SimpleCommand, ctx: _Ctx) -> tuple[Word, ...]:
                 value = Word(attached) if attached else (
                     args[i + 1] if i + 1 < len(args) else Word(""))  # fmt: skip
                 rest = list(args[i + 1 :] if attached else args[i + 2 :])
-                w.payload(_product(_spaced([value, *rest])), ctx, cmd.source, child=True)
-                return ()
+                return _split_string(w, value, rest)
             i += 2 if k is not None and k == len(letters) - 1 else 1
             continue
         if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", t):
@@ -2226,6 +2257,21 @@ def _env_inner(w: _Walker, cmd: SimpleCommand, ctx: _Ctx) -> tuple[Word, ...]:
             continue
         break
     return args[i:]
+
+
+def _split_string(w: _Walker, value: Word, rest: list[Word]) -> tuple[Word, ...]:
+    """``env -S 'STRING' ARGS...``: STRING split into words as env does (quotes, escapes),
+    then ARGS: the command env runs."""
+    if value.dynamic:
+        what = "env -S of a value known only at run time"
+        w.a.problems.append(Problem("dynamic", what, value.text[:200]))
+        return ()
+    try:
+        words = shlex.split(value.text, comments=False, posix=True)
+    except ValueError:
+        w.a.problems.append(Problem("dynamic", "env -S string env cannot split", value.text))
+        return ()
+    return (*(Word(x) for x in words), *rest)
 
 
 def _xargs(w: _Walker, cmd: SimpleCommand, ctx: _Ctx) -> None:
@@ -2239,6 +2285,12 @@ def _xargs(w: _Walker, cmd: SimpleCommand, ctx: _Ctx) -> None:
         )
     )
     i, _seen, _c = _strip_options(args, spec)
+    opts = [a.text for a in args[:i]]
+    unbounded = any(re.fullmatch(r"-P0|--max-procs=0|-j0|--jobs=0", t) for t in opts) or any(
+        t in ("-P", "--max-procs", "-j", "--jobs") and v == "0" for t, v in itertools.pairwise(opts)
+    )
+    if unbounded and "yes" in cmd.upstream:
+        w.a.bombs.append(f"{cmd.source[:120]} (no limit on processes, endless input)")
     replace_str = None
     for k, a in enumerate(args[:i]):
         if a.text in ("-I", "--replace") and k + 1 < len(args):
@@ -2520,8 +2572,10 @@ def inline_code(cmd: SimpleCommand) -> str | None:
 
 _STRING_LITERAL = re.compile(r"\"((?:[^\"\\]|\\.){2,2000})\"|'((?:[^'\\]|\\.){2,2000})'")
 _CODE_BOMB = re.compile(
-    r"fork\s*(\(\s*\))?\s*while\s*fork|while\s*\(?\s*(1|true|True)\s*\)?\s*[:{]?\s*"
-    r"(os\.)?fork\s*\(|for\s*\(\s*;\s*;\s*\)\s*fork\s*\(",
+    r"fork\s*(\(\s*\))?\s*(while|until)\s*\(?\s*(fork|1|true|!\s*0)\b"
+    r"|(while|until)\s*\(?\s*(1|true|True|:|!\s*0)\s*\)?\s*[:;{]?\s*(do\s+)?\s*"
+    r"(os\.|Process\.|process\.)?fork\b"
+    r"|loop\s*(do|\{)\s*(Process\.)?fork\b|for\s*\(\s*;\s*;\s*\)\s*\{?\s*(os\.)?fork\b",
     re.S,
 )
 
