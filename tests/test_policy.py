@@ -738,6 +738,7 @@ def test_shell_input_keys_and_terminal_editing() -> None:
     assert tty.check("ls\x7f\x7frm -rf ~\r", eof=False).rule == "shell-input:editing-keys"
     assert tty.check("", eof=False, keys=[b"\x12"]).rule == "shell-input:editing-keys"  # C-r
     assert tty.check("echo ok\r", eof=False).allowed
+    assert tty.check("", eof=False, keys=[b"\x03"]).allowed  # Ctrl-C interrupts, runs nothing
 
 
 @pytest.mark.parametrize(

@@ -1492,8 +1492,10 @@ class ShellInput:
                 out += "\n"
             elif key == b"\x04" and not self.pty:
                 eof = True
-            elif key in (b"\x03", b"\x1c", b"\x1a") and not self.pty:
-                continue  # signals the job, writes nothing
+            elif key in (b"\x03", b"\x1c", b"\x1a", b"\x04"):
+                # signals (or ends the input of) the foreground program; at a prompt the shell
+                # drops the unfinished line. Nothing runs: the state kept is the worst case.
+                continue
             else:
                 return _shell_refusal("shell-input:editing-keys", repr(key)[2:-1],
                                       "keys other than Enter change what the shell runs "
