@@ -76,9 +76,13 @@ async def recording_server(db: Path, tmp_path: Path) -> AsyncIterator[tuple[Serv
 
 
 def _samples(per_class: int) -> list[str]:
+    """The first commands of each adversarial class that mean the same wherever they run (the
+    corpus is judged in /home/dev/proj; here the project is under /tmp and home is /root)."""
+    relative = ("..", "PWD", "cd", "./", "pushd", "~+")
     out = []
     for commands in ADVERSARIAL.values():
-        out.extend(c for c in commands[:per_class] if len(c) < 2000)
+        usable = [c for c in commands if len(c) < 2000 and not any(r in c for r in relative)]
+        out.extend(usable[:per_class])
     return out
 
 
