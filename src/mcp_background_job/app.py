@@ -18,10 +18,12 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import re2
 
@@ -47,12 +49,14 @@ from .models import (
     summary,
     view,
 )
-from .policy import Policy, ShellInput, Verdict, reads_commands_from_stdin
+from .policy import Policy, ShellInput, Verdict, shell_input_for
+from .proctree import MARKER
 from .redact import CONTEXT_BYTES, Redactor, strip_controls
 from .runner import STDIN_BUFFER_MAX, Runner
 from .store import JobFilter, StatusChange, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 StreamChoice = Literal["stdout", "stderr", "both"]
 #: How reads show output: ``plain`` as a person would see it on a terminal (escape sequences
@@ -159,6 +163,10 @@ class App:
         self.bucket = TokenBucket(settings.rate_limit_burst, settings.rate_limit_per_s)
         self.redactor = redactor or Redactor()
         self._shells: dict[str, ShellInput | None] = {}
+        # Policy checks run here, one at a time: tree-sitter holds the GIL while it parses (up
+        # to shellparse.MAX_PARSE_MICROS per check), so two checks at once would hold up the
+        # event loop for both; one worker lets the loop in between.
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-check")
         runner.on_ended = self.redact_stored
 
     @classmethod
@@ -195,6 +203,7 @@ class App:
         try:
             await self.runner.shutdown()
         finally:
+            self._checks.shutdown(wait=False, cancel_futures=True)
             await self.store.close()
 
     async def _job(self, job_id: str) -> Job:
@@ -286,7 +295,7 @@ class App:
             rerun_of=rerun_of,
         )
         resolved = str(workdir.resolve())
-        verdict = await self._admit(command, resolved, client)
+        verdict = await self._admit(command, resolved, client, dict(env or {}))
         detail: dict[str, object] = {
             "isolation": self.isolation.mode,
             "limits": dict(self.isolation.rlimits),
@@ -320,7 +329,9 @@ class App:
         )
         return self._view(job)
 
-    async def _admit(self, command: str, cwd: str, client: Client | None) -> Verdict:
+    async def _admit(
+        self, command: str, cwd: str, client: Client | None, env: Mapping[str, str] | None = None
+    ) -> Verdict:
         """Rate limit, cwd roots, isolation's cwd rule, then the command policy. A refusal is
         recorded in the audit log and raised; nothing is spawned."""
         wait_s = self.bucket.take()
@@ -330,12 +341,24 @@ class App:
             raise RateLimited(
                 wait_s, self.settings.rate_limit_burst, self.settings.rate_limit_per_s
             )
-        verdict = admission_verdict(self.settings, self.isolation, self.policy, command, cwd)
+        # The job's environment as the runner will build it, so `"$PYTHON" -m pytest` is judged
+        # as what $PYTHON holds. Off the event loop: a check is bounded (shellparse's caps: 25 ms
+        # of parsing, 0.5 s of one thread at most; real ones take ~1 ms).
+        job_env = self.isolation.environment(env or {}, (MARKER, ""))
+        verdict = await self._off_loop(
+            partial(
+                admission_verdict, self.settings, self.isolation, self.policy, command, cwd, job_env
+            )
+        )
         if not verdict.allowed:
             await self._audit("execute", client, command=command, cwd=cwd, verdict=verdict)
             log.info("job_refused rule=%s", verdict.rule)
             raise PolicyRefused(verdict.message, rule=verdict.rule, matched=verdict.matched)
         return verdict
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run a policy check on the checks' worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._checks, work)
 
     async def _audit(
         self,
@@ -416,8 +439,10 @@ class App:
             self._shells.pop(job.id, None)
             return None
         if job.id not in self._shells:
-            is_shell = reads_commands_from_stdin(job.command)
-            self._shells[job.id] = ShellInput(self.policy) if is_shell else None
+            env = self.isolation.environment(job.env, (MARKER, job.id))
+            self._shells[job.id] = shell_input_for(
+                self.policy, job.command, cwd=job.cwd, home=str(Path.home()), env=env, pty=job.pty
+            )
         return self._shells[job.id]
 
     # --- redaction ------------------------------------------------------------------------
@@ -781,10 +806,12 @@ class App:
         facts: dict[str, object] = {"bytes": len(data), "eof": eof}
         if parsed:
             facts["keys"] = len(parsed)
-        shell = self._shell_input(job)
+        shell = await self._off_loop(partial(self._shell_input, job))
+        key_bytes = [k.data for k in parsed]
         if shell is not None and job.status is JobStatus.RUNNING and not only_wait:
-            # A shell reading stdin runs what is typed: check it like a command line.
-            verdict = shell.check(input, eof=eof, cwd=job.cwd, home=str(Path.home()))
+            # A shell reading stdin runs what is typed: check it like a command line (with the
+            # keys, which can end a line), off the event loop like execute's check.
+            verdict = await self._off_loop(partial(shell.check, input, eof=eof, keys=key_bytes))
             facts["shell_input"] = True
             if not verdict.allowed:
                 await self._audit("interact", client, job_id=job.id, verdict=verdict,
@@ -798,7 +825,7 @@ class App:
                 facts["unverified"] = verdict.audit_note
         await self.runner.send_input(job, data, keys=parsed, eof=eof)
         if shell is not None and not only_wait:
-            shell.accept(input, eof=eof)
+            shell.accept(input, eof=eof, keys=key_bytes)
         log.info("job_input id=%s bytes=%d keys=%d eof=%s", job.id, len(data), len(parsed), eof)
         if not only_wait:
             await self._audit("interact", client, job_id=job.id, detail=facts)
@@ -1126,8 +1153,9 @@ class ClaimedJobCheck:
 
     async def check(self, job: Job, claimed_from: str | None, server_id: str) -> str | None:
         """Why the job is refused (names the rule), or None: it may run."""
-        verdict = admission_verdict(
-            self.settings, self.isolation, self.policy, job.command, job.cwd
+        env = self.isolation.environment(job.env, (MARKER, job.id))
+        verdict = await asyncio.to_thread(
+            admission_verdict, self.settings, self.isolation, self.policy, job.command, job.cwd, env
         )
         detail: dict[str, object] = {"claimed_from": claimed_from, "isolation": self.isolation.mode}
         if verdict.audit_note:
@@ -1155,10 +1183,16 @@ class ClaimedJobCheck:
 
 
 def admission_verdict(
-    settings: Settings, isolation: Isolation, policy: Policy, command: str, cwd: str
+    settings: Settings,
+    isolation: Isolation,
+    policy: Policy,
+    command: str,
+    cwd: str,
+    env: Mapping[str, str],
 ) -> Verdict:
-    """May ``command`` run in ``cwd`` here: the cwd roots, the isolation's cwd rule, then the
-    command policy (the rate limit aside)."""
+    """May ``command`` run in ``cwd`` with the job environment ``env`` here: the cwd roots, the
+    isolation's cwd rule, then the command policy (the rate limit aside). CPU-bound but bounded
+    (see ``shellparse``): callers run it off the event loop."""
     roots = settings.allowed_cwd_roots
     if roots and not any(Path(cwd).is_relative_to(r) for r in roots):
         return Verdict(
@@ -1168,7 +1202,7 @@ def admission_verdict(
         )  # fmt: skip
     if (why := isolation.check_cwd(cwd)) is not None:
         return Verdict("refused", f"isolation:{isolation.mode}", cwd, why)
-    return policy.check(command, cwd=cwd, home=str(Path.home()))
+    return policy.check(command, cwd=cwd, home=str(Path.home()), env=env)
 
 
 def audit_event(
@@ -1214,10 +1248,14 @@ def policy_from(settings: Settings) -> Policy:
 def audit_text(redactor: Redactor, text: str) -> str:
     """A command for the audit log: secrets masked, control characters escaped, capped."""
     masked, _ = redactor.redact(text.encode("utf-8", "surrogateescape"))
-    out = masked.decode("utf-8", "replace")
-    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in out)
-    if len(out) > _AUDIT_COMMAND_MAX:
-        out = out[:_AUDIT_COMMAND_MAX] + f"... [{len(out) - _AUDIT_COMMAND_MAX} more characters]"
+    whole = masked.decode("utf-8", "replace")
+    # Escape only what is kept: this runs on the event loop, once per character (a 100 KB
+    # command took 15-25 ms escaped whole).
+    out = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1]
+                  for c in whole[:_AUDIT_COMMAND_MAX])  # fmt: skip
+    if len(out) > _AUDIT_COMMAND_MAX or len(whole) > _AUDIT_COMMAND_MAX:
+        kept = out[:_AUDIT_COMMAND_MAX]
+        out = kept + f"... [{len(whole) - len(kept)} more characters]"
     return out
 
 

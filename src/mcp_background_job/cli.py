@@ -172,6 +172,11 @@ def _add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "mcp-background-job policy check -- 'make test && rm -rf build/'",
     )
     check.add_argument("--cwd", help="Working directory the job would run in (default: here).")
+    check.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE",
+        help="A variable the caller would pass in the job's env (repeatable). The job's "
+        "environment is env_allow's variables from here plus these; others are empty.",
+    )  # fmt: skip
     check.add_argument("--json", action="store_true", help="Print the decision as JSON.")
     check.add_argument("words", nargs=argparse.REMAINDER, help="-- COMMAND LINE")
     audit = sub.add_parser("audit", parents=[common], help="Print the security audit log.")
@@ -196,7 +201,15 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     command = words[0] if len(words) == 1 else " ".join(words)
     cwd = str(Path(args.cwd or Path.cwd()).expanduser().absolute())
-    verdict = policy_from(settings).check(command, cwd=cwd, home=str(Path.home()))
+    env = {k: os.environ[k] for k in settings.env_allow if k in os.environ}
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            print(f"mcp-background-job policy check: --env {item!r} is not NAME=VALUE",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        env[name] = value
+    verdict = policy_from(settings).check(command, cwd=cwd, home=str(Path.home()), env=env)
     roots = settings.allowed_cwd_roots
     if verdict.allowed and roots and not any(Path(cwd).is_relative_to(r) for r in roots):
         verdict = replace(
