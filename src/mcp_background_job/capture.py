@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Settings
-from .db import lower_thread_priority
+from .db import lower_thread_priority, make_private_dirs
 from .jobs import Job, Stream
 from .store import OutputBatch, Store
 
@@ -102,7 +102,7 @@ class Ingester:
 
     def create_spool(self, job_id: str) -> dict[Stream, int]:
         """Create a job's spool files; returns write descriptors for the child (caller closes)."""
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self._dir)  # 0700 for each missing part, whatever the umask
         writers: dict[Stream, int] = {}
         states: dict[Stream, StreamState] = {}
         try:
