@@ -116,6 +116,31 @@ async def test_a_writer_that_cannot_connect_fails_every_unit(tmp_path: Path) -> 
         engine.dispose()
 
 
+class _Crash(BaseException):
+    """Not an Exception: nothing in the writer catches it, so its thread dies."""
+
+
+async def test_a_writer_thread_that_dies_in_a_unit_fails_every_unit(tmp_path: Path) -> None:
+    engine = db.make_sync_engine(tmp_path / "w.db")
+    writer = db.Writer(engine)
+
+    def crash(_conn: object) -> None:
+        raise _Crash("boom")
+
+    try:
+        await writer.run(lambda c: c.exec_driver_sql("CREATE TABLE t (x INTEGER)"))
+        units = [asyncio.ensure_future(writer.run(crash))]
+        units += [asyncio.ensure_future(writer.run(lambda c: 1)) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*units, return_exceptions=True), 10)
+        assert all(isinstance(r, StorageError) for r in results), results
+        assert all("The database writer stopped: _Crash: boom" in str(r) for r in results)
+        with pytest.raises(StorageError, match="writer stopped"):
+            await asyncio.wait_for(writer.run(lambda c: 2), 10)
+    finally:
+        await writer.close()
+        engine.dispose()
+
+
 async def test_an_empty_file_is_never_taken_as_a_new_database(tmp_path: Path) -> None:
     path = make_bad_file("empty", tmp_path / "jobs.db")
     with pytest.raises(StorageError, match="is an empty file"):

@@ -856,6 +856,8 @@ class Writer:
         self._busy_ms = BUSY_TIMEOUT_MS
         #: Until then, another program is known to keep the lock: units fail fast.
         self._stuck_until = 0.0
+        #: Units the thread has taken from the queue and not answered yet (for its death).
+        self._taken: list[_Unit | None] = []
 
     @property
     def started(self) -> bool:
@@ -908,21 +910,23 @@ class Writer:
             )
             with self._guard:
                 self._failed = failure
-                left: list[_Outcome] = []
+                # Units taken but not answered (a settled one is skipped), then the queue.
+                left = [u for u in self._taken if u is not None]
                 while True:
                     try:
                         unit = self._queue.get_nowait()
                     except queue.Empty:
                         break
                     if unit is not None:
-                        left.append((unit, False, _again(failure)))
-            _deliver(left)
+                        left.append(unit)
+            _deliver([(u, False, _again(failure)) for u in left])
 
     def _serve(self) -> None:
         carry: list[_Unit | None] = []
         with self._engine.connect() as conn:
             while True:
                 unit = carry.pop() if carry else self._queue.get()
+                self._taken = [unit]
                 if unit is None:
                     return
                 if not unit.transaction:
@@ -938,6 +942,7 @@ class Writer:
                         carry.append(more)
                         break
                     group.append(more)
+                self._taken = [*group, *carry]
                 self._run_group(conn, group)
 
     def _wait_until(self, conn: Connection, deadline: float) -> bool:
