@@ -27,6 +27,7 @@ import errno
 import functools
 import logging
 import os
+import pwd
 import queue
 import secrets
 import sqlite3
@@ -420,7 +421,8 @@ def make_private_dirs(path: Path) -> None:
 
 
 def ensure_db_file(path: Path) -> None:
-    """Create the database file (and its folder) readable by its owner only."""
+    """Create an empty database file (and its folder) readable by its owner only: for tests and
+    tools that migrate it themselves. Servers and commands use ``create_database``."""
     make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     os.close(fd)
@@ -435,8 +437,6 @@ def no_database(path: Path) -> StorageError:
 
 
 def _user(uid: int) -> str:
-    import pwd
-
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
