@@ -31,7 +31,7 @@ from . import terminal
 from .capture import Ingester
 from .config import Settings
 from .db import AUDIT_KINDS, utcnow
-from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited
+from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited, StorageError
 from .isolation import Isolation, detect
 from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
 from .models import (
@@ -424,7 +424,7 @@ class App:
         events = await self.store.list_audit(
             kind=kind,
             since=parse_since(since) if since else None,
-            job_id=job_id,
+            job_id=await self.store.resolve_id(job_id, audited=True) if job_id else None,
             limit=limit,
             before_id=before_id,
         )
@@ -652,7 +652,12 @@ class App:
 
     async def _flush(self, job_id: str) -> None:
         self.runner.pump(job_id)
-        await self.runner.flush(job_id)
+        try:
+            await self.runner.flush(job_id)
+        except StorageError as exc:
+            # A read must not need a write: on a full disk or a locked database it answers
+            # with what is stored already (the rest is stored when the write goes through).
+            log.warning("read_without_flush id=%s kind=%s error=%s", job_id, exc.kind, exc)
 
     async def _read(
         self,

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Settings
-from .db import lower_thread_priority
+from .db import lower_thread_priority, make_private_dirs
 from .jobs import Job, Stream
 from .store import OutputBatch, Store
 
@@ -219,7 +219,7 @@ class Ingester:
 
         Exclusively: a file that exists already holds output of a run of this job (a job has
         one run), so it is never truncated or appended to; the start fails instead."""
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self._dir)  # 0700 for each missing part, whatever the umask
         writers: dict[Stream, int] = {}
         states: dict[Stream, StreamState] = {}
         try:

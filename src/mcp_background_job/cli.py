@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--db",
-        type=Path,
-        default=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,  # a str: Settings refuses URLs before a Path mangles them
         help="SQLite database file (env MCP_BACKGROUND_JOB_DB).",
     )
     common.add_argument(
@@ -231,47 +230,6 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if verdict.allowed else 1
 
 
-def _audit(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-
-    from .app import parse_since
-    from .errors import BackgroundJobError
-    from .store import Store
-
-    async def read() -> list[Any]:
-        store = Store(settings.db)
-        try:
-            await store.open()
-            return await store.list_audit(
-                kind=args.kind,
-                since=parse_since(args.since) if args.since else None,
-                job_id=args.job,
-                limit=args.limit,
-            )
-        finally:
-            await store.close()
-
-    try:
-        events = asyncio.run(read())
-    except BackgroundJobError as exc:
-        print(f"mcp-background-job audit: {exc}", file=sys.stderr)
-        return 2
-    for e in reversed(events):
-        if args.json:
-            print(json.dumps({**asdict(e), "at": e.at.isoformat() if e.at else None},
-                             default=str))  # fmt: skip
-            continue
-        who = f" client={e.client_name}" if e.client_name else ""
-        what = " ".join(
-            x for x in (e.decision, f"rule={e.rule}" if e.rule else None,
-                        f"job={e.job_id}" if e.job_id else None) if x
-        )  # fmt: skip
-        cmd = f" {e.command!r}" if e.command else ""
-        extra = "" if e.command else f" {json.dumps(e.detail, sort_keys=True)}"
-        print(f"{e.at:%Y-%m-%d %H:%M:%S} #{e.id} {e.kind} {what}{who}{cmd}{extra}")
-    return 0
-
-
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for name in ("db", "log_level", "max_concurrent", "shell"):
@@ -282,6 +240,29 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    code: int | str | None = 0
+    try:
+        _main(argv)
+    except SystemExit as done:
+        code = done.code
+    except BrokenPipeError:
+        pass  # the reader went away (`| head`): every command stops quietly, with status 0
+    if _pipe_gone():
+        # Keep Python's own flush at exit from printing a BrokenPipeError.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(code)
+
+
+def _pipe_gone() -> bool:
+    """Flush standard output; True if its reader has gone away."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        return True
+    return False
+
+
+def _main(argv: Sequence[str] | None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.cmd == "db" and args.db_cmd == "prune" and not (args.older_than or args.max_output):
@@ -301,8 +282,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if args.cmd == "policy":
         raise SystemExit(_policy_check(args, settings))
-    if args.cmd == "audit":
-        raise SystemExit(_audit(args, settings))
     serving = args.cmd in (None, "serve")
     # Logs go to stderr only (stdout is the protocol stream, or the output a person reads).
     # Commands for people log warnings only, unless asked.
@@ -314,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if serving:
         _serve(settings)
         return
+    if args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING:
+        _check_exists(settings.db)
     from . import commands
 
     try:
@@ -324,18 +305,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         code = 130
-    except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and keep Python's exit flush quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
     raise SystemExit(code)
+
+
+#: Commands (and ``db`` actions) that need a database already there.
+_ON_EXISTING = frozenset(
+    {"list", "history", "show", "logs", "stats", "audit", "kill", "downgrade", "current", "prune",
+     "vacuum"}
+)  # fmt: skip
+
+
+def _check_exists(path: Path) -> None:
+    """Refuse a path with no database, or with something that cannot be one, before the
+    commands (about a second of imports) are loaded. The commands check again when opening."""
+    from . import db
+    from .errors import StorageError
+
+    try:
+        if not db.inspect_file(path):
+            raise db.no_database(path)
+    except StorageError as exc:
+        _fail(str(exc), 1)
 
 
 def _serve(settings: Settings) -> None:
     import anyio
 
-    from .errors import IsolationError
+    from . import db
+    from .errors import IsolationError, StorageError
     from .isolation import detect
+
+    try:
+        # Before fastmcp is imported (over a second): a file that cannot be the database is
+        # refused at once. Opening it (in the lifespan) catches the rest.
+        db.check_for_writing(settings.db)
+    except StorageError as exc:
+        _fail(str(exc), 1)
     from .server import create_server, serve_stdio  # fastmcp is slow to import: --help is fast
 
     try:

@@ -1,9 +1,9 @@
 """The command line's commands for people (everything but ``serve``), one function each.
 
 Reading commands open the database through ``history.open_existing`` (migrated like a server
-would, never created by a typo). ``run`` and ``kill`` open an ``App``: for their duration this
-process is a server on the database, so the same checks and policy apply as for MCP tools, and
-other servers see it as alive.
+would if they can write it, read-only if they cannot; never created by a typo). ``run`` and
+``kill`` open an ``App``: for their duration this process is a server on the database, so the
+same checks and policy apply as for MCP tools, and other servers see it as alive.
 """
 
 from __future__ import annotations
@@ -15,20 +15,23 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from alembic import command as alembic
 
-from . import db, history
+from . import db, history, proctree
 from .app import App, parse_since
 from .config import Settings
 from .db import utcnow
-from .errors import InvalidRequest, JobStateError
+from .errors import InvalidRequest, JobStateError, StorageError
 from .history import FileSink
-from .jobs import Job, JobStatus, Stream
+from .jobs import Job, JobStatus, ServerInstance, Stream
 from .models import summary, view
 from .report import Report, db_files, ended_how_view, human_bytes, human_duration, output_text
 from .store import JobFilter, Store
@@ -48,6 +51,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "run": run,
         "kill": kill,
         "stats": stats,
+        "audit": audit,
         "db": prune if args.cmd == "db" and args.db_cmd == "prune" else vacuum,
     }
     return asyncio.run(handlers[args.cmd](args, settings))
@@ -63,6 +67,11 @@ def _note(text: str) -> None:
 
 async def _reading(settings: Settings) -> Store:
     return await history.open_existing(settings.db)
+
+
+async def _changing(settings: Settings) -> Store:
+    """An existing database, for a command that writes to it (``db prune``, ``db vacuum``)."""
+    return await history.open_existing(settings.db, reading=False)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -161,6 +170,34 @@ async def stats(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(data, indent=2))
     else:
         _out().stats(st, settings.db, now)
+    return 0
+
+
+async def audit(args: argparse.Namespace, settings: Settings) -> int:
+    """``audit``: the security audit log, oldest of the page first (as a log reads)."""
+    store = await _reading(settings)
+    try:
+        events = await store.list_audit(
+            kind=args.kind,
+            since=parse_since(args.since) if args.since else None,
+            job_id=await store.resolve_id(args.job, audited=True) if args.job else None,
+            limit=args.limit,
+        )
+    finally:
+        await store.close()
+    for e in reversed(events):
+        if args.json:
+            print(json.dumps({**asdict(e), "at": e.at.isoformat() if e.at else None},
+                             default=str))  # fmt: skip
+            continue
+        who = f" client={e.client_name}" if e.client_name else ""
+        what = " ".join(
+            x for x in (e.decision, f"rule={e.rule}" if e.rule else None,
+                        f"job={e.job_id}" if e.job_id else None) if x
+        )  # fmt: skip
+        cmd = f" {e.command!r}" if e.command else ""
+        extra = "" if e.command else f" {json.dumps(e.detail, sort_keys=True)}"
+        print(f"{e.at:%Y-%m-%d %H:%M:%S} #{e.id} {e.kind} {what}{who}{cmd}{extra}")
     return 0
 
 
@@ -283,6 +320,8 @@ async def _forward_stdin(app: App, job_id: str) -> None:
 
 
 async def kill(args: argparse.Namespace, settings: Settings) -> int:
+    if not await asyncio.to_thread(db.inspect_file, settings.db):
+        raise db.no_database(settings.db)  # not a new database at a mistyped path
     app = await App.open(settings)
     try:
         job_id = await app.store.resolve_id(args.id)
@@ -305,26 +344,41 @@ async def kill(args: argparse.Namespace, settings: Settings) -> int:
 
 def schema(args: argparse.Namespace, settings: Settings) -> int:
     """``db upgrade|downgrade|current|history``: Alembic's commands through the same
-    connection set-up as the server (``db.migrate_to``, newer schemas refused)."""
+    connection set-up as the server (``db.migrate_to``, newer schemas refused). Only upgrade
+    and downgrade take the write lock."""
     path = settings.db
-    if args.db_cmd == "history" and not path.is_file():
+    try:
+        return _schema(args, path)
+    except Exception as exc:
+        described = db.storage_error(exc, path)
+        if described is None or described is exc:
+            raise
+        raise described from exc
+
+
+def _schema(args: argparse.Namespace, path: Path) -> int:
+    changing = args.db_cmd in ("upgrade", "downgrade")
+    exists = db.check_for_writing(path) if changing else db.inspect_file(path)
+    if args.db_cmd == "history" and not exists:
         alembic.history(db.alembic_config())
         return 0
-    if args.db_cmd != "upgrade" and not path.is_file():
-        raise InvalidRequest(f"No database at {path}: pass --db PATH (or MCP_BACKGROUND_JOB_DB).")
-    db.ensure_db_file(path)
-    engine = db.make_sync_engine(path)
+    if not exists:
+        if args.db_cmd != "upgrade":
+            raise db.no_database(path)
+        db.create_database(path, args.revision)
+    engine = db.make_sync_engine(path, writer=changing)
     try:
         with engine.connect() as conn:
             cfg = db.alembic_config(conn)
-            before = db.check_revision(conn, cfg)
+            before = None if not exists else db.check_revision(conn, cfg)
             conn.rollback()
             if args.db_cmd == "current":
                 alembic.current(cfg)
             elif args.db_cmd == "history":
                 alembic.history(cfg, indicate_current=True)
             else:
-                db.migrate_to(conn, args.revision, downgrade=args.db_cmd == "downgrade")
+                if exists:
+                    db.migrate_to(conn, args.revision, downgrade=args.db_cmd == "downgrade")
                 after = db.check_revision(conn, cfg)
                 conn.rollback()
                 print(f"{path}: schema revision {before or 'none'} -> {after or 'none'}")
@@ -334,7 +388,7 @@ def schema(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def prune(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _reading(settings)
+    store = await _changing(settings)
     try:
         candidates = await store.prune_candidates(
             ended_before=utcnow() - args.older_than if args.older_than else None,
@@ -356,12 +410,43 @@ async def prune(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def vacuum(args: argparse.Namespace, settings: Settings) -> int:
-    store = await _reading(settings)
+    """``db vacuum``, refused while a server on this host uses the database: VACUUM writes the
+    whole database into the WAL, and the WAL cannot be truncated while the server's readers
+    use it (measured: 825 MiB became 1.6 GiB on disk)."""
+    store = await _changing(settings)
     try:
+        live = await _live_servers(store)
+        if live:
+            pids = ", ".join(f"pid {s.pid}" for s in live)
+            raise StorageError(
+                f"A server is using {settings.db} ({pids}): VACUUM now would leave a WAL as "
+                "big as the database next to it (its readers keep it from being truncated), "
+                "doubling the space used instead of freeing it. Stop the server(s) and run "
+                "`db vacuum` again; until then new output reuses the space that `db prune` "
+                "freed.",
+                kind="in_use",
+            )
         before = sum(p.stat().st_size for p in db_files(settings.db))
-        await store.vacuum()
+        folded = await store.vacuum()
         after = sum(p.stat().st_size for p in db_files(settings.db))
     finally:
         await store.close()
     print(f"{settings.db}: {human_bytes(before)} -> {human_bytes(after)}")
+    if not folded:
+        _note(
+            "another program kept reading the database, so its WAL still holds the rewritten "
+            "copy; the space comes back at the next checkpoint (a server's, or when the last "
+            "program using the database closes it)"
+        )
     return 0
+
+
+async def _live_servers(store: Store) -> list[ServerInstance]:
+    """Servers registered on the database and alive on this host (``run`` and ``kill`` count:
+    they are servers while they run). Servers of other hosts cannot be seen from here."""
+    host = socket.gethostname()
+    return [
+        s
+        for s in await store.servers_not_stopped()
+        if s.hostname == host and proctree.is_alive(s.pid, s.pid_start, s.boot_id)
+    ]

@@ -10,9 +10,9 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -34,6 +34,16 @@ DEFAULT_ENV_ALLOW = (
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+#: ``scheme://...`` (or ``scheme:/...`` once a path has collapsed the double slash).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def _optional(annotation: Any) -> bool:
+    """True if None is a value of ``annotation`` and the word "none" is not."""
+    args = get_args(annotation)
+    if type(None) not in args:
+        return False
+    return not any("none" in get_args(a) for a in args if get_origin(a) is Literal)
 
 
 def parse_age(text: str) -> timedelta:
@@ -73,7 +83,8 @@ class Settings(BaseSettings):
         frozen=True,
         extra="forbid",
         validate_default=True,
-        env_parse_none_str="none",  # MCP_BACKGROUND_JOB_LIMIT_MEMORY_BYTES=none: no limit
+        # No env_parse_none_str: it turned every "none" into None, also a real value such as
+        # ISOLATION=none. ``_none_and_sizes`` does it for optional settings only.
     )
 
     db: Annotated[Path, Field(description="SQLite database file.")] = Field(
@@ -166,13 +177,6 @@ class Settings(BaseSettings):
             raise ValueError("must be longer than 0 (or unset to keep jobs for ever)")
         return value  # otherwise ISO 8601 (P30D), parsed by pydantic
 
-    @field_validator("retention_max_output_bytes", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> Any:
-        if isinstance(value, str) and _SIZE.match(value):
-            return parse_size(value)
-        return value
-
     # --- command policy (see policy.py) ----------------------------------------------------
     policy_mode: Annotated[
         PolicyMode,
@@ -248,6 +252,33 @@ class Settings(BaseSettings):
         bool,
         Field(description="Also mask them in the database (default: stored raw, masked on read)."),
     ] = False
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_and_sizes(cls, value: Any, info: ValidationInfo) -> Any:
+        """``none`` unsets an optional setting (LIMIT_MEMORY_BYTES=none: no limit), unless
+        "none" is one of its own values (ISOLATION=none); a ``*_bytes`` setting takes sizes
+        such as 500M or 2G."""
+        if not isinstance(value, str) or info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if value.strip().lower() == "none" and _optional(annotation):
+            return None
+        if info.field_name.endswith("_bytes") and _SIZE.match(value):
+            return parse_size(value)
+        return value
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _not_a_url(cls, value: Any) -> Any:
+        # A URL given as a path became a file in a new directory named "postgresql:".
+        if isinstance(value, (str, Path)) and _URL.match(str(value)):
+            raise ValueError(
+                f"{str(value)!r} is a URL; only an SQLite file is supported (PostgreSQL is not "
+                "yet): pass a file path such as ~/.local/state/mcp-background-job/jobs.db. A "
+                "path that really starts like this can be written ./" + str(value)
+            )
+        return value
 
     @field_validator("db", "spool_dir")
     @classmethod

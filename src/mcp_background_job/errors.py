@@ -5,7 +5,8 @@
     ├── JobNotFound           no job has that id
     ├── JobStateError         the job's state does not allow it: stdin of a finished job, ...
     ├── TransitionConflict    a guarded status change lost a race (the status was not expected)
-    ├── StorageError          the database cannot be used: newer schema, failed migration, ...
+    ├── StorageError          the database cannot be used: locked, disk full, read-only, not a
+    │                         database, newer schema, ... (``kind`` says which; db.storage_error)
     ├── PolicyRefused         the command policy refused a command (names the rule and match)
     ├── RateLimited           too many jobs created too fast (says when to retry)
     └── IsolationError        the configured isolation cannot work on this machine (start-up)
@@ -47,7 +48,16 @@ class TransitionConflict(BackgroundJobError):
 
 
 class StorageError(BackgroundJobError):
-    """The database cannot be opened, migrated or used."""
+    """The database cannot be opened, migrated or used.
+
+    ``kind`` names the cause for code that reacts to it (``"locked"``, ``"disk_full"``,
+    ``"read_only"``, ``"not_a_database"``, ``"damaged"``, ``"cannot_open"``, ``"closed"``;
+    ``"other"`` otherwise). ``db.storage_error`` turns SQLite and OS errors into these.
+    """
+
+    def __init__(self, message: str, *, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class PolicyRefused(BackgroundJobError):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, TextIO
 
 from . import proctree
-from .errors import JobStateError, StorageError
+from .errors import JobStateError
 from .jobs import Chunk, Job, Stream
 from .store import Store
 
@@ -52,20 +52,13 @@ class FileSink:
         self.notes.flush()
 
 
-async def open_existing(path: Path) -> Store:
+async def open_existing(path: Path, *, reading: bool = True) -> Store:
     """The store of an existing database (migrated to this version's schema like a server
-    would); a clear error instead of creating an empty file at a mistyped path."""
-    if not path.is_file():
-        raise StorageError(
-            f"No database at {path}: nothing has been recorded there. Pass --db PATH (or set "
-            "MCP_BACKGROUND_JOB_DB) to the database your MCP server uses."
-        )
+    would, if it can be written); a clear error instead of creating an empty file at a mistyped
+    path. ``reading``: only reads follow, so a database that cannot be written (a read-only
+    file or mount, another user's) is opened read-only."""
     store = Store(path)
-    try:
-        await store.open()
-    except BaseException:
-        await store.close()
-        raise
+    await store.open(create=False, reading=reading)
     return store
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.exc import DBAPIError
@@ -403,17 +404,101 @@ class Store:
 
     def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
+        self._read_pool_size = read_pool
         self._write_engine = db.make_sync_engine(path, pool_size=1, manual_checkpoints=True)
         # Most writes are output; a nicer writer thread leaves the CPU to the jobs producing it.
-        self._writer = db.Writer(self._write_engine, nice=writer_nice)
+        self._writer = db.Writer(self._write_engine, nice=writer_nice, path=path)
         self._sync_reader = db.make_sync_engine(path, writer=False, pool_size=read_pool)
         self._read_pool = ThreadPoolExecutor(read_pool, "db-read")
+        #: Why this store cannot write (opened for reading a database it may not change).
+        self._no_writes: StorageError | None = None
 
-    async def open(self) -> None:
-        """Create the file (owner-only) if needed and migrate it to the newest schema."""
-        db.ensure_db_file(self.path)
-        self._writer.start()
+    @property
+    def read_only(self) -> bool:
+        return self._no_writes is not None
+
+    async def open(self, *, create: bool = True, reading: bool = False) -> None:
+        """Check the file, create it if missing (``create``; owner-only, all at once) and
+        migrate it to the newest schema if it is older.
+
+        The schema revision is read without the write lock: a database already at the newest
+        schema opens while another program holds the lock. ``reading``: the caller only reads
+        (the command line's list, show, logs, stats, audit). A database it cannot write, or
+        another user's, is then opened read-only instead of refused, and nothing is created.
+        Any failure closes the store again (no writer thread is left behind).
+        """
+        try:
+            await self._open(create=create, reading=reading)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self, *, create: bool, reading: bool) -> None:
+        path = self.path
+        check = db.inspect_file if reading else db.check_for_writing
+        if not await asyncio.to_thread(check, path):
+            if not create:
+                raise db.no_database(path)
+            await asyncio.to_thread(db.create_database, path)
+        if reading and not (db.writable(path) and db.is_owned(path)):
+            await self._open_read_only()
+        try:
+            revision = await self._query(lambda conn: db.schema_revision(conn, path))
+        except StorageError as error:
+            # A full disk leaves no room for the -shm file SQLite needs to read a WAL database
+            # (measured: a 3-byte -shm, "disk full" for every read): read it read-only.
+            if not reading or self._no_writes is not None or error.kind != "disk_full":
+                raise
+            await self._open_read_only(error)
+            revision = await self._query(lambda conn: db.schema_revision(conn, path))
+        if revision == db.head_revision():
+            if not reading:
+                self._writer.start()
+            return
+        if self._no_writes is not None:
+            raise StorageError(
+                f"The database {path} is at schema revision {revision or 'none'}, older than "
+                f"this version's ({db.head_revision()}), and cannot be upgraded here: "
+                f"{self._no_writes}",
+                kind=self._no_writes.kind,
+            )
+        if reading and revision is None:
+            raise StorageError(
+                f"{path} holds no mcp-background-job history (an SQLite database without "
+                "tables). Pass --db PATH (or set MCP_BACKGROUND_JOB_DB) to the database your "
+                "MCP server uses.",
+                kind="not_a_database",
+            )
         await self._writer.run(db.upgrade_to_head, transaction=False)
+
+    async def _open_read_only(self, why: StorageError | None = None) -> None:
+        """Readers that never write: SQLite's ``mode=ro``, or ``immutable`` where that cannot
+        open a WAL database (a read-only mount, or a full disk, without the -shm file; measured
+        on 3.40). An immutable reader ignores a -wal file, so it is used only when there is
+        none (then no server has the database open: a server's connections keep a -wal)."""
+        path = self.path
+        if why is None and not db.writable(path):
+            why = db.read_only(path)
+        self._no_writes = why or StorageError(
+            f"The database {path} belongs to another user: it is only read here.",
+            kind="not_owned",
+        )
+        self._sync_reader.dispose()
+        modes: tuple[db.Access, ...] = ("ro", "immutable")
+        for access in modes:
+            self._sync_reader = db.make_sync_engine(
+                path, writer=False, pool_size=self._read_pool_size, access=access
+            )
+            try:
+                await self._query(_read_schema)
+                return
+            except StorageError as error:
+                self._sync_reader.dispose()
+                wal = path.with_name(path.name + "-wal")
+                if error.kind not in ("cannot_open", "read_only", "disk_full"):
+                    raise
+                if access == "immutable" or (wal.exists() and wal.stat().st_size > 0):
+                    raise
 
     async def close(self) -> None:
         await self._writer.close()
@@ -431,13 +516,16 @@ class Store:
         """Copy the WAL into the database file (without waiting for readers), on the writer
         connection: a second connection checkpointing while this one writes can hit a WAL-reset
         bug in SQLite < 3.51.3."""
-        await self._writer.run(
+        await self._write(
             lambda conn: _driver_sql(conn, "PRAGMA wal_checkpoint(PASSIVE)"), transaction=False
         )
 
-    async def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in a write transaction (maybe shared with other writes: group commit)."""
-        return await self._writer.run(work)
+    async def _write(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
+        """Run ``work`` in a write transaction (maybe shared with other writes: group commit),
+        or alone outside one (``transaction=False``, see ``db.Writer.run``)."""
+        if self._no_writes is not None:
+            raise StorageError(str(self._no_writes), kind=self._no_writes.kind)
+        return await self._writer.run(work, transaction=transaction)
 
     # --- servers --------------------------------------------------------------------------
 
@@ -461,7 +549,7 @@ class Store:
         )
         await self._write(lambda conn: conn.execute(stmt))
 
-    async def servers_not_stopped(self, exclude: str) -> list[ServerInstance]:
+    async def servers_not_stopped(self, exclude: str = "") -> list[ServerInstance]:
         query = select(ServerRow).where(ServerRow.stopped_at.is_(None), ServerRow.id != exclude)
         return await self._query(lambda conn: [_server(r) for r in conn.execute(query)])
 
@@ -743,7 +831,7 @@ class Store:
 
         # On the writer, in order with the writes: a job whose start was recorded before this
         # read can never look queued to it (the runner relies on that to start a job once).
-        return await self._writer.run(work)
+        return await self._write(work)
 
     async def _query(self, work: Callable[[Connection], T]) -> T:
         """Run a read in one trip to a reader thread (a plain sqlite3 connection).
@@ -756,25 +844,33 @@ class Store:
         )
 
     def _run_query(self, work: Callable[[Connection], T]) -> T:
-        with self._sync_reader.begin() as conn:
-            return work(conn)
+        try:
+            with self._sync_reader.begin() as conn:
+                return work(conn)
+        except Exception as exc:
+            described = db.storage_error(exc, self.path)
+            if described is None or described is exc:
+                raise
+            raise described from exc
 
-    async def resolve_id(self, id_or_prefix: str) -> str:
-        """A full job id from an id or a unique prefix of one."""
+    async def resolve_id(self, id_or_prefix: str, *, audited: bool = False) -> str:
+        """A full job id from an id or a unique prefix of one. ``audited``: ids found only in
+        the audit log count too (a job deleted since, or refused before it got a row)."""
         text = id_or_prefix.strip().lower()
         if not text or not all(c in "0123456789abcdef" for c in text):
             raise JobNotFound(id_or_prefix)
         if len(text) == JOB_ID_LENGTH:
             return text  # a whole id: whoever loads it reports a missing job
-        query = (
-            select(JobRow.id)
-            .where(JobRow.id >= text, JobRow.id < text + "g")
-            .order_by(JobRow.id)
-            .limit(2)
-        )
+        ids: Any = select(JobRow.id.label("id")).where(JobRow.id >= text, JobRow.id < text + "g")
+        if audited:
+            a = AuditEventRow.job_id
+            ids = union(ids, select(a.label("id")).where(a >= text, a < text + "g")).subquery()
+            query = select(ids.c.id).order_by(ids.c.id).limit(2)
+        else:
+            query = ids.order_by(JobRow.id).limit(2)
         rows = await self._query(lambda conn: conn.execute(query).scalars().all())
         if len(rows) == 1 or (rows and rows[0] == text):
-            return rows[0]
+            return str(rows[0])
         if not rows:
             raise JobNotFound(id_or_prefix)
         raise InvalidRequest(
@@ -1205,17 +1301,22 @@ class Store:
             jobs += count
         return PruneResult(jobs=jobs, chunks=chunks, output_bytes=freed)
 
-    async def vacuum(self) -> None:
+    async def vacuum(self) -> bool:
         """Rebuild the file without its free pages, then truncate the WAL that VACUUM filled.
+        False if the WAL could not be truncated (another program kept reading for the whole
+        busy timeout): it then holds a copy of the database until the next checkpoint.
 
         VACUUM cannot run in a transaction: it goes through the driver connection directly.
         """
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> bool:
             _driver_sql(conn, "VACUUM")
-            _driver_sql(conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            busy, log_frames, copied = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy and log_frames == copied
 
-        await self._writer.run(work, transaction=False)
+        return await self._write(work, transaction=False)
 
     # --- audit log ------------------------------------------------------------------------
 
@@ -1309,6 +1410,10 @@ def _audit_row(event: AuditEvent, now: datetime) -> dict[str, Any]:
         "session_id": event.session_id,
         "detail": json.dumps(event.detail, sort_keys=True, default=str),
     }
+
+
+def _read_schema(conn: Connection) -> None:
+    conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
 
 
 def _rowcount(stmt: Executable, conn: Connection) -> int:

@@ -323,9 +323,11 @@ def _python_for_nobody(base: Path) -> tuple[str, dict[str, str]] | str:
 async def test_fork_bomb_is_stopped_and_the_server_survives() -> None:
     # RLIMIT_NPROC counts a user's processes and the kernel ignores it for root: as root, the
     # server runs as nobody (through setpriv) so the limit is real.
-    # pytest's tmp_path is private to root; nobody needs a directory of its own
+    # pytest's tmp_path is private to root; nobody needs a directory of its own (a server
+    # refuses a database directory that belongs to another user).
     base = Path(tempfile.mkdtemp(prefix="mcp-bj-forkbomb-", dir="/tmp"))
-    base.chmod(0o777)
+    if os.geteuid() == 0:
+        os.chown(base, NOBODY, NOBODY)
     db = base / "jobs.db"
     # The classic `:(){ :|:& };:` is refused by the policy; this one is not, so the limits
     # are what stops it.
