@@ -319,8 +319,10 @@ class Runner:
         # database claims them (see reconcile).
         try:
             await self.store.mark_server_stopped(self.server_id)
-        except Exception:  # the next server sees this one is gone by its pid instead
-            log.exception("server_not_marked_stopped id=%s", self.server_id)
+        except STORAGE_FAILURES as exc:  # the next server sees this one is gone by its pid
+            log.warning(
+                "server_not_marked_stopped id=%s reason=%s", self.server_id, describe_failure(exc)
+            )
         self.watchdog.close()
         log.info(
             "server_stopped id=%s jobs_stopped=%d jobs_left_queued=%d seconds=%.3f",
