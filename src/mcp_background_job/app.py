@@ -184,7 +184,7 @@ class App:
 
     def _view(self, job: Job) -> JobView:
         written = self.runner.ingester.written(job.id) if job.status is JobStatus.RUNNING else None
-        return view(job, utcnow(), written)
+        return view(job, utcnow(), written, mask=partial(self._mask_text, job))
 
     # --- tools ----------------------------------------------------------------------------
 
@@ -395,6 +395,12 @@ class App:
     def _redactor_for(self, job: Job) -> Redactor:
         values = [v.encode() for k, v in job.env.items() if _SECRET_ENV.search(k)]
         return self.redactor.with_values(values)
+
+    def _mask_text(self, job: Job, text: str) -> str:
+        """Caller text a view shows back (the command, the cwd), secrets masked: a token in a
+        command line is a secret in ``status``, ``list`` and ``job://`` as in the audit log."""
+        masked, _ = self._redactor_for(job).redact(text.encode("utf-8", "surrogatepass"))
+        return masked.decode("utf-8", "replace")
 
     async def _mask_group(
         self,
@@ -636,7 +642,10 @@ class App:
         )
         jobs, next_cursor = await self.store.list_jobs(flt, limit=limit, cursor=cursor)
         now = utcnow()
-        return ListResult(jobs=[summary(j, now) for j in jobs], next_cursor=next_cursor)
+        return ListResult(
+            jobs=[summary(j, now, mask=partial(self._mask_text, j)) for j in jobs],
+            next_cursor=next_cursor,
+        )
 
     async def status(self, job_id: str) -> JobView:
         return self._view(await self._job(job_id))
