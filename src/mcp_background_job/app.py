@@ -320,13 +320,20 @@ class App:
         detail: Mapping[str, object] | None = None,
     ) -> None:
         c = client or Client()
+        matched = audit_text(self.redactor, verdict.matched) if verdict else None
+        if kind == "interact":
+            # Typed input may be a password: its row keeps sizes, counts and flags, never the
+            # text, nor the part of it a rule matched or could not verify (a flag says so).
+            matched = None
+            detail = {k: v if isinstance(v, bool | int | float) else True
+                      for k, v in (detail or {}).items()}  # fmt: skip
         await self.store.record_audit(
             AuditEvent(
                 kind=kind,
                 server_id=self.runner.server_id,
                 decision=verdict.decision if verdict else None,
                 rule=verdict.rule if verdict else None,
-                matched=audit_text(self.redactor, verdict.matched) if verdict else None,
+                matched=matched,
                 job_id=job_id,
                 command=audit_text(self.redactor, command) if command is not None else None,
                 cwd=cwd,
