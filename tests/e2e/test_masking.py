@@ -161,6 +161,20 @@ async def test_a_secret_split_across_live_reads_by_an_escape_is_held_then_masked
         assert "AKIA" + "*" * 16 in live["text"] + rest["text"]
 
 
+@pytest.mark.parametrize("pty", [False, True], ids=["pipe", "pty"])
+async def test_interact_returns_an_echoed_token_masked_as_shown(db: Path, pty: bool) -> None:
+    typed = TRICKS["sgr-every-character"](GITHUB) + " and " + TRICKS["zero-width-space"](AWS)
+    async with start_server(db) as s:
+        job = await s.execute("cat", pty=pty)
+        reply = await s.call("interact", job_id=job["id"], input=typed + "\n", until="and")
+        assert reply["returned_because"] in ("prompt", "quiet", "waiting_for_input")
+        await wait_for(lambda: _stored(s.db, job["id"]), message="the echo stored")
+        again = await s.call("interact", job_id=job["id"], input="", eof=True, wait_s=5)
+        _assert_hidden({"interact": reply["output"] + again["output"]}, GITHUB_CORE, AWS_CORE)
+        await s.wait_done(job["id"])
+        _assert_hidden(await _every_read(s, job["id"]), GITHUB_CORE, AWS_CORE)
+
+
 def _stored(db: Path, job_id: str) -> bool:
     return bool(query(db, "select 1 from output_chunks where job_id = ?", job_id))
 
