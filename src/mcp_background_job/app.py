@@ -730,8 +730,6 @@ class App:
             size = len(text[-hold:].encode())
             if size <= new[s] - max(last.offset, pos[s]):  # all of it in that stream's last bytes
                 text = text[:-hold]
-                if new[s] + held[s] >= job.ingested(s):  # at the live end: it waits there
-                    held[s] += size
                 new[s] -= size
                 covered -= size
         shown = strip_controls(terminal.render(text, job.cols) if plain else text)

@@ -104,8 +104,7 @@ class OutputResult(_Model):
     held_back_bytes: int = Field(
         0,
         description="Bytes at the end of a running job's output held back because they may be "
-        "the start of a secret (or of an escape sequence); a later read returns them (masked if "
-        "they are one).",
+        "the start of a secret; a later read returns them (masked if they are one).",
     )
     redactions: int = Field(0, description="Secrets masked in this text.")
     status: JobStatus
