@@ -405,7 +405,10 @@ class App:
 
     def _mask_text(self, job: Job, text: str) -> str:
         """Caller text a view shows back (the command, the cwd), secrets masked: a token in a
-        command line is a secret in ``status``, ``list`` and ``job://`` as in the audit log."""
+        command line is a secret in ``status``, ``list`` and ``job://`` as in the audit log.
+        ``redact_output=false`` turns it off with the rest of the masking of what clients read."""
+        if not self.settings.redact_output:
+            return text
         masked, _ = self._redactor_for(job).redact(text.encode("utf-8", "surrogatepass"))
         return masked.decode("utf-8", "replace")
 
