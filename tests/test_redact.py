@@ -1,14 +1,18 @@
-"""Secret redaction (every rule, secrets split at every byte, windows with context) and the
-stripping of terminal control sequences."""
+"""Secret redaction (every rule, secrets split at every byte, windows with context, secrets
+hidden between control sequences or invisible characters, known values printed in pieces) and
+the stripping of terminal control sequences."""
 
 from __future__ import annotations
 
 import random
 import time
+import unicodedata
+from collections.abc import Callable
 
 import pytest
 
-from mcp_background_job.redact import CONTEXT_BYTES, Redactor, strip_controls
+from mcp_background_job.redact import CONTEXT_BYTES, PIECE, Redactor, strip_controls
+from mcp_background_job.terminal import render
 
 R = Redactor()
 
@@ -142,6 +146,184 @@ def test_unterminated_private_key_is_masked_to_the_end() -> None:
     data = b"-----BEGIN PRIVATE KEY-----\nAAAABBBBCCCC\nDDDD"
     out, _ = R.redact(data)
     assert b"AAAA" not in out and b"DDDD" not in out
+
+
+# --- what the client sees: secrets hidden by controls, redraws and invisible characters ---------
+
+#: (secret as printed, the part that must never be visible)
+HIDDEN_SECRETS = [
+    ("AKIAIOSFODNN7EXAMPLE", "IOSFODNN7EXAMPLE"),
+    ("ghp_1234567890abcdefghijABCDEFGHIJ123456", "1234567890abcdefghijABCDEFGHIJ123456"),
+    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "4eC39HqLyjWDarjtT1zdp7dc"),
+]
+
+
+def _between(sep: str) -> Callable[[str], str]:
+    return lambda secret: sep.join(secret)
+
+
+def _backspaced(secret: str) -> str:
+    return "".join(f"#\b{c}" for c in secret)  # each character typed over a decoy
+
+
+def _redrawn(secret: str) -> str:
+    return "".join(f"\r{secret[: i + 1]}" for i in range(len(secret)))  # a progress-style redraw
+
+
+def _cursor_left(secret: str) -> str:
+    return "".join(f"{c}#\x1b[D" for c in secret) + " "  # each decoy overwritten by the next
+
+
+def _columns_backwards(secret: str) -> str:
+    # Written right to left by absolute column: reads backwards as bytes, forwards on screen.
+    return "".join(f"\x1b[{i + 1}G{secret[i]}" for i in reversed(range(len(secret)))) + "\n"
+
+
+def _decoy_line(secret: str) -> str:
+    return "x" * (len(secret) + 5) + "\r\x1b[K" + secret + "\n"  # redraw over a longer line
+
+
+#: Ways to keep a secret's characters from being adjacent bytes while a terminal (or a
+#: reader) still sees them together.
+TRICKS: dict[str, Callable[[str], str]] = {
+    "sgr": lambda s: "".join(f"\x1b[1;3{i % 8}m{c}\x1b[0m" for i, c in enumerate(s)),
+    "csi-private-mode": _between("\x1b[?25l"),
+    "csi-erase-right": _between("\x1b[K"),
+    "osc-title-bel": _between("\x1b]0;title\x07"),
+    "osc-link-st": _between("\x1b]8;;http://x\x1b\\"),
+    "dcs": _between("\x1bPq#0;2\x1b\\"),
+    "c1-csi": _between("\u009b0m"),
+    "nul": _between("\x00"),
+    "bel": _between("\x07"),
+    "del": _between("\x7f"),
+    "zero-width-space": _between("\u200b"),
+    "zero-width-joiner": _between("\u200d"),
+    "word-joiner": _between("\u2060"),
+    "bom": _between("\ufeff"),
+    "soft-hyphen": _between("\u00ad"),
+    "bidi-override": _between("\u202e"),
+    "combining-mark": _between("\u0336"),
+    "variation-selector": _between("\ufe0f"),
+    "backspace-overwrite": _backspaced,
+    "cr-redraw": _redrawn,
+    "cr-over-decoy": _decoy_line,
+    "cursor-left": _cursor_left,
+    "cursor-columns": _columns_backwards,
+}
+
+
+def _visible(text: str) -> str:
+    """What a reader makes of ``text``: invisible characters (format, combining marks) do not
+    separate the characters around them, nor does a carriage return."""
+    return "".join(
+        c for c in text if c != "\r" and unicodedata.category(c) not in ("Cf", "Mn", "Me")
+    )
+
+
+def _shown(masked: bytes) -> list[str]:
+    """The text a client gets for ``masked`` in both renderings (raw and plain)."""
+    text = masked.decode("utf-8", "replace")
+    return [_visible(strip_controls(text)), _visible(strip_controls(render(text)))]
+
+
+@pytest.mark.parametrize("trick", TRICKS)
+@pytest.mark.parametrize(("secret", "core"), HIDDEN_SECRETS, ids=["aws", "github", "stripe"])
+def test_a_secret_hidden_between_controls_is_masked_as_shown(
+    trick: str, secret: str, core: str
+) -> None:
+    printed = TRICKS[trick](secret)
+    data = f"before\n{printed} after\n".encode()
+    # The trick works: unmasked, a client reads the secret in one rendering or both.
+    assert any(core in shown for shown in _shown(data)), _shown(data)
+    out, hits = R.redact(data)
+    assert len(out) == len(data)  # cursors count raw bytes
+    assert sum(hits.values()) >= 1
+    for shown in _shown(out):
+        assert core not in shown, (trick, shown)
+        assert "before" in shown and "after" in shown
+
+
+@pytest.mark.parametrize("trick", TRICKS)
+def test_a_hidden_secret_split_across_reads_at_any_byte_is_masked(trick: str) -> None:
+    secret, core = HIDDEN_SECRETS[0]
+    data = f"line\n{TRICKS[trick](secret)} after\n".encode()
+    for split in range(1, len(data)):
+        first = R.window(data[:split], 0, split, live=True, final=False)
+        rest = R.window(data, first.end, len(data), live=False, final=True)
+        assert first.end + len(rest.data) == len(data)
+        for shown in _shown(first.data + rest.data) + _shown(first.data):
+            assert core not in shown, (split, shown)
+
+
+def test_a_secret_inside_an_escape_sequence_is_masked_too() -> None:
+    out, _ = R.redact(b"\x1b]52;c;AKIAIOSFODNN7EXAMPLE\x07visible\n")
+    assert b"IOSFODNN7EXAMPLE" not in out and out.endswith(b"visible\n")
+
+
+def test_masking_never_breaks_an_escape_sequence() -> None:
+    # grep --color=always: the assignment rule sees the colour code as the start of the value
+    line = b"GH_TOKEN_X=\x1b[01;31m\x1b[Kghp_\x1b[m\x1b[K" + b"a1" * 18 + b"\n"
+    out, _ = R.redact(line)
+    assert strip_controls(out.decode()) == "GH_TOKEN_X=" + "*" * 40 + "\n"
+    assert [out[i : i + 2] for i in range(len(out)) if out[i] == 0x1B] == [b"\x1b["] * 4
+    # a secret in a title is masked inside it, the title still a title
+    out, _ = R.redact(b"\x1b]0;AKIAIOSFODNN7EXAMPLE\x07shown\n")
+    assert out == b"\x1b]0;AKIA****************\x07shown\n"
+
+
+def test_an_invalid_byte_in_a_key_block_does_not_end_the_match() -> None:
+    data = b"-----BEGIN RSA PRIVATE KEY-----\nMIIEow\xffIBAAKCAQEA1b2c3d4\nQQQQQQQQ\n"
+    data += b"-----END RSA PRIVATE KEY-----\n"
+    out, hits = R.redact(data)
+    assert b"QQQQ" not in out and b"IBAAKCAQEA" not in out and hits["private-key"] == 1
+
+
+TOKEN = "caller-given-secret-42"
+V = R.with_values([TOKEN.encode()])
+
+
+@pytest.mark.parametrize(
+    "printed",
+    [
+        f"{TOKEN[:6]}\n{TOKEN[6:]}\n",  # on separate lines
+        f"{TOKEN[:11]} and then {TOKEN[11:]}\n",  # separated by other text
+        f"{TOKEN[11:]}{TOKEN[:11]}\n",  # in another order
+        f"x\x1b[31m{TOKEN[:8]}\x1b[0m\u200b{TOKEN[8:]}\n",  # and hidden as above
+        f"{TOKEN[:7]}\r{TOKEN[7:14]}\r{TOKEN[14:]}\n",
+    ],
+)
+def test_pieces_of_a_known_value_are_masked(printed: str) -> None:
+    out, hits = V.redact(printed.encode())
+    for shown in _shown(out):
+        for i in range(len(TOKEN) - PIECE + 1):
+            assert TOKEN[i : i + PIECE] not in shown, shown
+    assert hits["known-secret"] >= 1
+
+
+def test_a_known_value_printed_in_two_parts_live_is_never_shown_in_part() -> None:
+    data = f"token is {TOKEN}\n".encode()
+    start = len(b"token is ")
+    for split in range(start + 1, len(data)):
+        first = V.window(data[:split], 0, split, live=True, final=False)
+        # At most its first character shows (one character is no secret: holding back every
+        # character that starts a known value would hold too much).
+        assert first.data[start:].strip(b"*") in (b"", b"c"), (split, first)
+        rest = V.window(data, first.end, len(data), live=False, final=True)
+        assert TOKEN.encode()[:2] not in first.data + rest.data
+
+
+def test_a_live_end_holds_pieces_of_known_values_but_not_other_text() -> None:
+    assert V.window(b"ok ca", 0, 5, live=True, final=False).data == b"ok "  # a prefix
+    assert V.window(b"ok -gi", 0, 6, live=True, final=False).data == b"ok "  # a piece
+    assert V.window(b"ok zq", 0, 5, live=True, final=False).data == b"ok zq"
+    # once the job has ended (not live), nothing is held: what is not a piece is shown
+    assert V.window(b"ok ca", 0, 5, live=False, final=True).data == b"ok ca"
+
+
+def test_repeated_secrets_are_counted_once_each() -> None:
+    out, hits = R.redact(b"AKIAIOSFODNN7EXAMPLE \x1b[1mAKIAIOSFODNN7EXAMPLX\x1b[0m\n")
+    assert hits["aws-access-key"] == 2  # each seen in two views, counted once
+    assert out.count(b"*" * 16) == 2
 
 
 # --- terminal control sequences ------------------------------------------------------------------

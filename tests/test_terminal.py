@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from mcp_background_job.errors import InvalidRequest
-from mcp_background_job.terminal import incomplete_suffix, parse_key, render
+from mcp_background_job.terminal import incomplete_suffix, parse_key, render, render_traced
 
 
 @pytest.mark.parametrize(
@@ -119,3 +119,28 @@ def test_enter_is_a_newline_on_a_pipe() -> None:
 def test_unknown_keys_say_what_works(name: str) -> None:
     with pytest.raises(InvalidRequest, match=r"Unknown key .* Use names like C-c"):
         parse_key(name)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "loading.....\rdone",
+        "abc\b\b\x1b[P",
+        "ab\x1b[D\x1b[1@X",
+        "a 10%\nb 10%\n\x1b[2A\ra 90%\n\rb 50%\n",
+        "abcdef\x1b[3G\x1b[1K",
+        "abcdef\x1b[2G\x1b[2X",
+        "tab\tX\rY",
+        "x\x1b[3Cy\x1b[1;31mz\x1b[0m",
+        "Welcome\r\n\x1b[1G\x1b[0J> \x1b[3G",
+    ],
+)
+def test_render_traced_shows_the_same_text_and_where_each_character_came_from(raw: str) -> None:
+    lines = render_traced(raw, range(len(raw)))
+    assert "\n".join("".join(cells) for cells, _ in lines) == render(raw)
+    for cells, origins in lines:
+        for cell, origin in zip(cells, origins, strict=True):
+            if origin >= 0:  # written by that character of the input
+                assert raw[origin] == cell
+            else:  # padding or an erased cell
+                assert cell in (" ", "")

@@ -213,7 +213,7 @@ class App:
         written = self.runner.ingester.written(job.id) if job.status is JobStatus.RUNNING else None
         if job.status is JobStatus.RUNNING:
             note = self.runner.end_note(job.id) or note
-        return view(job, utcnow(), written, note=note)
+        return view(job, utcnow(), written, note=note, mask=partial(self._mask_text, job))
 
     # --- tools ----------------------------------------------------------------------------
 
@@ -451,6 +451,15 @@ class App:
         values = [v.encode() for k, v in job.env.items() if _SECRET_ENV.search(k)]
         return self.redactor.with_values(values)
 
+    def _mask_text(self, job: Job, text: str) -> str:
+        """Caller text a view shows back (the command, the cwd), secrets masked: a token in a
+        command line is a secret in ``status``, ``list`` and ``job://`` as in the audit log.
+        ``redact_output=false`` turns it off with the rest of the masking of what clients read."""
+        if not self.settings.redact_output:
+            return text
+        masked, _ = self._redactor_for(job).redact(text.encode("utf-8", "surrogatepass"))
+        return masked.decode("utf-8", "replace")
+
     async def _mask_group(
         self,
         redactor: Redactor,
@@ -461,12 +470,15 @@ class App:
         live: bool,
         limit: int | None = None,
         ended: bool | None = None,
+        offload: bool = False,
     ) -> tuple[list[Chunk], int, int]:
         """Mask contiguous chunks of one stream from byte ``start`` on (at most ``limit`` bytes:
         the rest of the chunks is dropped), seen with ``CONTEXT_BYTES`` before and after.
 
-        Returns the chunks (bytes before ``start`` unchanged; bytes from the cut on removed),
-        the cut (an offset: where the masked part ends), and how many secrets were masked.
+        Returns the chunks (bytes before ``start`` unchanged, masked up to the cut, as stored
+        from the cut on: the caller removes those), the cut (an offset: where the masked part
+        ends), and how many secrets were masked. ``offload``: mask in a worker thread (big
+        batches: rendering redraws costs Python time).
         """
         stream = group[0].stream
         lo, hi = group[0].offset, group[-1].end
@@ -479,24 +491,28 @@ class App:
             around += await self.store.read_stream(job.id, stream, want_lo, lo - want_lo)
         if want_hi > hi:
             around += await self.store.read_stream(job.id, stream, hi, want_hi - hi)
-        run_base, data = _run_containing(around, group)
-        cut_lo, cut_hi = max(want_lo, run_base), min(want_hi, run_base + len(data))
-        data, run_base = data[cut_lo - run_base : cut_hi - run_base], cut_lo
+        run_base, data = _run_around(around, want_lo, want_hi, start, stop)
         if ended is None:
             ended = job.status.is_terminal
         holding = live and not ended and stop >= length
         final = ended and run_base + len(data) >= length
-        r = redactor.window(data, start - run_base, stop - run_base, live=holding, final=final)
+        window = partial(redactor.window, data, start - run_base, stop - run_base, width=job.cols)
+        r = (
+            await asyncio.to_thread(window, live=holding, final=final)
+            if offload
+            else window(live=holding, final=final)
+        )
         if r.end + run_base <= start and not holding:
             # A match longer than the context touches its end: mask what we have, go on.
-            r = redactor.window(data, start - run_base, stop - run_base, live=False, final=True)
+            r = window(live=False, final=True)
         cut = run_base + r.end
         out = []
         for c in group:
             head = c.data[: max(0, start - c.offset)]
             lo_m, hi_m = max(c.offset, start), min(c.end, cut)
             body = r.data[lo_m - start : hi_m - start] if hi_m > lo_m else b""
-            out.append(Chunk(stream, c.offset, head + body))
+            rest = c.data[max(0, max(lo_m, hi_m) - c.offset) : max(0, stop - c.offset)]
+            out.append(Chunk(stream, c.offset, head + body + rest))
         return out, cut, sum(r.hits.values())
 
     async def _mask(
@@ -507,11 +523,15 @@ class App:
         *,
         hold: bool,
         limit: int | None = None,
+        merged: bool = False,
     ) -> tuple[list[Chunk], dict[Stream, int], int]:
         """Chunks with secrets masked (from ``starts`` on), seen with context around them.
 
-        With ``hold``, a running job's trailing, possibly incomplete secret is held back (cut
-        off; a later read returns it whole). Returns the chunks in their order, the bytes held
+        Each stream is masked on its own; with ``merged`` (a read of both streams) also the
+        text of both as the read returns it, in the order stored, so a secret split between
+        stdout and stderr is masked too. With ``hold``, a running job's trailing, possibly
+        incomplete secret is held back (cut off; a later read returns it whole): nothing of a
+        stream from its cut on is returned. Returns the chunks in their order, the bytes held
         back per stream, and how many secrets were masked.
         """
         held = {s: 0 for s in Stream}
@@ -519,6 +539,8 @@ class App:
             return list(chunks), held, 0
         redactor = self._redactor_for(job)
         masked: dict[tuple[Stream, int], Chunk] = {}
+        cuts: dict[Stream, int] = {}
+        stops: dict[Stream, int] = {}
         count = 0
         for stream in Stream:
             mine = sorted((c for c in chunks if c.stream is stream), key=lambda c: c.offset)
@@ -529,10 +551,81 @@ class App:
                 )
                 count += n
                 stop = group[-1].end if limit is None else min(group[-1].end, start + limit)
-                held[stream] += max(0, stop - cut)
+                stops[stream] = max(stops.get(stream, stop), stop)
+                cuts[stream] = min(cuts.get(stream, cut), cut)
                 masked.update(((stream, c.offset), c) for c in new)
         out = [masked[(c.stream, c.offset)] for c in chunks]
-        return [c for c in out if c.data], held, count
+        if merged:
+            out, merged_cuts, n = await self._mask_merged(redactor, job, out, starts, live=hold)
+            count += n
+            for stream, cut in merged_cuts.items():
+                cuts[stream] = min(cuts.get(stream, cut), cut)
+        result = []
+        for c in out:
+            cut = cuts.get(c.stream, c.end)
+            data = c.data[: max(0, cut - c.offset)]
+            if data:
+                result.append(Chunk(c.stream, c.offset, data))
+        for stream, cut in cuts.items():
+            held[stream] = max(0, stops[stream] - cut)
+        return result, held, count
+
+    async def _mask_merged(
+        self,
+        redactor: Redactor,
+        job: Job,
+        window: Sequence[Chunk],
+        starts: Mapping[Stream, int] | None,
+        *,
+        live: bool,
+    ) -> tuple[list[Chunk], dict[Stream, int], int]:
+        """Mask ``window`` (chunks of both streams in the order stored) as one text, with the
+        text of both streams before and after it as context. Returns the chunks (masked up to
+        the cut), the cut per stream (nothing of a stream from it on may be returned) and how
+        many secrets were masked."""
+        firsts: dict[Stream, int] = {}
+        ends: dict[Stream, int] = {}
+        for c in window:
+            firsts.setdefault(c.stream, c.offset)
+            ends[c.stream] = max(ends.get(c.stream, c.end), c.end)
+        # Where the window begins in a stream it has nothing of: the read's start, or (a tail)
+        # that stream's end.
+        begin = {
+            s: firsts.get(s, starts[s] if starts is not None else job.ingested(s)) for s in Stream
+        }
+        after = {s: ends.get(s, begin[s]) for s in Stream}
+        lows = {s: max(0, begin[s] - CONTEXT_BYTES) for s in Stream}
+        before: list[Chunk] = []
+        if lows != begin:
+            for c in await self.store.read_interleaved(job.id, lows, 4 * CONTEXT_BYTES):
+                lo, hi = max(c.offset, lows[c.stream]), min(c.end, begin[c.stream])
+                if lo < hi:
+                    before.append(Chunk(c.stream, lo, c.data[lo - c.offset : hi - c.offset]))
+        following = await self.store.read_interleaved(job.id, after, CONTEXT_BYTES)
+        reached = dict(after)
+        for c in following:
+            reached[c.stream] = max(reached[c.stream], c.end)
+        at_end = all(reached[s] >= job.ingested(s) for s in Stream)
+        ended = job.status.is_terminal
+        w_lo = sum(len(c.data) for c in before)
+        w_hi = w_lo + sum(len(c.data) for c in window)
+        data = b"".join(c.data for c in (*before, *window, *following))
+        masking = partial(redactor.window, data, w_lo, w_hi, width=job.cols)
+        r = masking(live=live and not ended and at_end, final=ended and at_end)
+        if r.end <= w_lo and not (live and not ended and at_end):
+            r = masking(live=False, final=True)
+        cut = r.end  # where the returned text ends, in data
+        cuts: dict[Stream, int] = {}
+        out: list[Chunk] = []
+        at = w_lo
+        for c in window:
+            shown = max(0, min(len(c.data), cut - at))
+            out.append(Chunk(c.stream, c.offset, r.data[at - w_lo : at - w_lo + shown]
+                             + c.data[shown:]))  # fmt: skip
+            if shown < len(c.data):
+                cuts[c.stream] = min(cuts.get(c.stream, c.offset + shown), c.offset + shown)
+            at += len(c.data)
+        return out, cuts, sum(r.hits.values())
 
     async def redact_stored(self, job_id: str) -> None:
         """Mask secrets in an ended job's stored output in place (``store_redacted``)."""
@@ -551,7 +644,7 @@ class App:
                 group = _contiguous(chunks)[0]
                 # The job's process has exited and all its output is stored: the end is final.
                 new, cut, _ = await self._mask_group(
-                    redactor, job, group, pos, live=False, ended=True
+                    redactor, job, group, pos, live=False, ended=True, offload=True
                 )
                 updates = []
                 for old, c in zip(group, new, strict=True):
@@ -609,7 +702,10 @@ class App:
         )
         jobs, next_cursor = await self.store.list_jobs(flt, limit=limit, cursor=cursor)
         now = utcnow()
-        return ListResult(jobs=[summary(j, now) for j in jobs], next_cursor=next_cursor)
+        return ListResult(
+            jobs=[summary(j, now, mask=partial(self._mask_text, j)) for j in jobs],
+            next_cursor=next_cursor,
+        )
 
     async def status(self, job_id: str) -> JobView:
         return self._view(await self._job(job_id))
@@ -675,23 +771,40 @@ class App:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
         else:
             chunks = await self.store.read_interleaved(job.id, pos, want)
-        chunks, held, redactions = await self._mask(job, chunks, pos, hold=True, limit=want)
+        chunks, held, redactions = await self._mask(
+            job, chunks, pos, hold=True, limit=want, merged=len(streams) > 1
+        )
         lengths = {s: job.ingested(s) for s in Stream} if job.status.is_terminal else None
         text, new, covered, dropped = decode_chunks(chunks, pos, max_bytes, lengths)
         if covered == 0 and chunks and max_bytes < 4:
             # Below one character: read the whole character rather than make no progress.
             text, new, covered, dropped = decode_chunks(chunks, pos, 4, lengths)
-        if not plain:
-            return _Read(strip_controls(text), new, covered, dropped, held, redactions)
-        if len(streams) == 1 and (lengths is None or new[streams[0]] < lengths[streams[0]]):
-            hold = terminal.incomplete_suffix(text)
-            if hold and "\ufffd" not in text[-hold:]:
-                size = len(text[-hold:].encode())
+        # An escape sequence not complete yet is left for the next read (in both renderings): a
+        # read never starts inside one, where the rest of it (a title's text) would show.
+        last = next((c for c in reversed(chunks) if c.offset < new[c.stream]), None)
+        s = last.stream if last is not None else streams[0]
+        hold = terminal.incomplete_suffix(text) if lengths is None or new[s] < lengths[s] else 0
+        if last is not None and hold and "\ufffd" not in text[-hold:]:
+            size = len(text[-hold:].encode())
+            if size <= new[s] - max(last.offset, pos[s]):  # all of it in that stream's last bytes
                 text = text[:-hold]
-                new[streams[0]] -= size
+                new[s] -= size
                 covered -= size
-        rendered = strip_controls(terminal.render(text, job.cols))
-        return _Read(rendered, new, covered, dropped, held, redactions)
+        shown = strip_controls(terminal.render(text, job.cols) if plain else text)
+        shown, more_hits = self._mask_shown(job, shown)
+        return _Read(shown, new, covered, dropped, held, redactions + more_hits)
+
+    def _mask_shown(self, job: Job, text: str) -> tuple[str, int]:
+        """The text a read returns, masked once more as it is: that is what the client sees,
+        so a secret that only shows once this read alone is rendered (a redraw that reaches back
+        before the read's start) is masked too. Returns the text and the secrets masked."""
+        if not self.settings.redact_output or not text:
+            return text, 0
+        data = text.encode()
+        masked, hits = self._redactor_for(job).redact(data)
+        if masked == data:
+            return text, 0
+        return masked.decode("utf-8", "replace"), sum(hits.values())
 
     async def tail(
         self,
@@ -700,6 +813,12 @@ class App:
         stream: StreamChoice = "stdout",
         render: RenderChoice = "auto",
     ) -> TailResult:
+        return (await self._tail(job_id, lines, stream, render))[0]
+
+    async def _tail(
+        self, job_id: str, lines: int, stream: StreamChoice, render: RenderChoice
+    ) -> tuple[TailResult, int]:
+        """``tail``, and how many bytes of output (all streams read) come before its text."""
         if lines < 0:
             raise InvalidRequest("lines must be 0 or more (it counts lines from the end).")
         if lines > MAX_TAIL_LINES:
@@ -715,15 +834,28 @@ class App:
             if lines
             else []
         )
-        chunks, _held, redactions = await self._mask(job, chunks, hold=True)
+        # Bytes before the chunks read: up to the first chunk of a stream, or all of a stream
+        # that has none among them.
+        firsts: dict[Stream, int] = {}
+        for c in chunks:
+            firsts.setdefault(c.stream, c.offset)
+        before = sum(firsts.get(s, job.ingested(s)) for s in streams)
+        chunks, _held, redactions = await self._mask(
+            job, chunks, hold=True, merged=len(streams) > 1
+        )
         data = b"".join(c.data for c in chunks)
         body = data[:-1] if data.endswith(b"\n") else data
         parts = body.split(b"\n")
         found = len(parts) if len(parts) <= lines else lines
         text_bytes = b"\n".join(parts[-found:]) if found else b""
         truncated = bool(chunks) and len(parts) <= lines and len(data) >= MAX_READ_BYTES
-        if truncated and len(text_bytes) > MAX_READ_BYTES:
+        if truncated:
             text_bytes = text_bytes[-MAX_READ_BYTES:]
+            # Whole lines only (unless one line is all there is): the first line read was cut
+            # by the byte limit, maybe inside an escape sequence, whose text would show.
+            text_bytes = text_bytes[text_bytes.find(b"\n") + 1 :]
+            found = text_bytes.count(b"\n") + 1
+        before += len(body) - len(text_bytes)
         if text_bytes and data.endswith(b"\n"):
             text_bytes += b"\n"
         text = text_bytes.decode("utf-8", "replace")
@@ -732,17 +864,18 @@ class App:
             # Rendering can only merge lines (a cursor moved up): count what is shown.
             text = terminal.render(text, job.cols)
             found = text.count("\n") + (0 if text.endswith("\n") else 1)
-        text = strip_controls(text)
-        return TailResult(
+        text, more_hits = self._mask_shown(job, strip_controls(text))
+        result = TailResult(
             job_id=job.id,
             stream=stream,
             text=text,
             lines=found if text else 0,
             truncated=truncated,
-            redactions=redactions,
+            redactions=redactions + more_hits,
             status=job.status,
             render="plain" if plain else "raw",
         )
+        return result, before
 
     async def interact(
         self,
@@ -966,13 +1099,12 @@ class App:
     async def recent_output(self, job_id: str) -> str:
         """The last ``MAX_READ_BYTES`` of output (both streams, in the order stored), with a note
         first when earlier output is left out (for the ``job://{id}/output`` resource)."""
-        tail = await self.tail(job_id, MAX_TAIL_LINES, "both")
-        job = await self.store.get_job(tail.job_id, events=False)
-        total = job.stdout_bytes + job.stderr_bytes
-        shown = len(tail.text.encode())
-        if total > shown:
+        tail, before = await self._tail(job_id, MAX_TAIL_LINES, "both", "auto")
+        if before > 0:
+            job = await self.store.get_job(tail.job_id, events=False)
+            total = sum(job.ingested(s) for s in Stream)
             return (
-                f"[... the first {total - shown} of {total} bytes are left out: read them "
+                f"[... the first {before} of {total} bytes are left out: read them "
                 "with the `output` tool ...]\n" + tail.text
             )
         return tail.text
@@ -1224,12 +1356,19 @@ def audit_event(
 ) -> AuditEvent:
     """An audit event with the command and the matched part masked (see ``audit_text``)."""
     c = client or Client()
+    matched = audit_text(redactor, verdict.matched) if verdict else None
+    if kind == "interact":
+        # Typed input may be a password: its row keeps sizes, counts and flags, never the text,
+        # nor the part of it a rule matched or could not verify (a flag says so).
+        matched = None
+        detail = {k: v if isinstance(v, bool | int | float) else True
+                  for k, v in (detail or {}).items()}  # fmt: skip
     return AuditEvent(
         kind=kind,
         server_id=server_id,
         decision=verdict.decision if verdict else None,
         rule=verdict.rule if verdict else None,
-        matched=audit_text(redactor, verdict.matched) if verdict else None,
+        matched=matched,
         job_id=job_id,
         command=audit_text(redactor, command) if command is not None else None,
         cwd=cwd,
@@ -1275,13 +1414,27 @@ def _contiguous(chunks: Sequence[Chunk]) -> list[list[Chunk]]:
     return groups
 
 
-def _run_containing(around: Sequence[Chunk], group: Sequence[Chunk]) -> tuple[int, bytes]:
-    """The contiguous bytes of ``around`` (context reads) that include ``group``: (offset, data)."""
-    lo, hi = group[0].offset, group[-1].end
-    for run in _contiguous(sorted(around, key=lambda c: c.offset)):
-        if run[0].offset <= lo and run[-1].end >= hi:
-            return run[0].offset, b"".join(c.data for c in run)
-    return lo, b"".join(c.data for c in group)  # the context could not be read: the group alone
+def _run_around(
+    chunks: Sequence[Chunk], lo: int, hi: int, need_lo: int, need_hi: int
+) -> tuple[int, bytes]:
+    """The contiguous bytes of one stream within ``lo..hi`` that include ``need_lo..need_hi``,
+    from chunks that may overlap (context reads return whole rows): (offset, data). The chunks
+    include a contiguous group covering ``need_lo..need_hi``."""
+    runs: list[tuple[int, bytearray]] = []
+    for c in sorted(chunks, key=lambda c: c.offset):
+        a, b = max(c.offset, lo), min(c.end, hi)
+        if a >= b:
+            continue
+        if runs and runs[-1][0] + len(runs[-1][1]) >= a:
+            base, buf = runs[-1]
+            if b > base + len(buf):
+                buf += c.data[base + len(buf) - c.offset : b - c.offset]
+        else:
+            runs.append((a, bytearray(c.data[a - c.offset : b - c.offset])))
+    for base, buf in runs:
+        if base <= need_lo and base + len(buf) >= need_hi:
+            return base, bytes(buf)
+    raise AssertionError(f"no contiguous bytes cover {need_lo}..{need_hi}")
 
 
 def _plain(job: Job, render: RenderChoice) -> bool:

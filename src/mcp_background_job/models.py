@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final, Literal
 
@@ -182,8 +183,19 @@ def duration(job: Job, now: datetime) -> float | None:
     return round(((job.ended_at or now) - job.started_at).total_seconds(), 3)
 
 
-def summary(job: Job, now: datetime, *, max_command: int = 500) -> JobSummary:
-    cmd = job.command if len(job.command) <= max_command else job.command[:max_command] + "…"
+def _same(text: str) -> str:
+    return text
+
+
+def summary(
+    job: Job, now: datetime, *, max_command: int | None = 500, mask: Callable[[str], str] = _same
+) -> JobSummary:
+    """One line of history. ``mask``: what the caller's text goes through before it is shown
+    (the server masks secrets in commands; the command line shows people their own history
+    as it is)."""
+    command = mask(job.command)
+    cut = max_command is not None and len(command) > max_command
+    cmd = command[:max_command] + "…" if cut else command
     return JobSummary(
         id=job.id,
         status=job.status,
@@ -199,8 +211,15 @@ def summary(job: Job, now: datetime, *, max_command: int = 500) -> JobSummary:
 
 
 def view(
-    job: Job, now: datetime, written: dict[Stream, int] | None = None, note: str | None = None
+    job: Job,
+    now: datetime,
+    written: dict[Stream, int] | None = None,
+    note: str | None = None,
+    *,
+    mask: Callable[[str], str] = _same,
 ) -> JobView:
+    """Everything known about a job (``mask`` as in ``summary``, for the cwd too). Environment
+    values are never shown, only the names."""
     written = written or {}
 
     def stats(s: Stream, stored: int, dropped: int) -> StreamStats:
@@ -209,8 +228,8 @@ def view(
         )
 
     return JobView(
-        **summary(job, now, max_command=len(job.command)).model_dump(),
-        cwd=job.cwd,
+        **summary(job, now, max_command=None, mask=mask).model_dump(),
+        cwd=mask(job.cwd),
         reason=job.reason,
         pid=job.pid,
         owner=job.owner_id,

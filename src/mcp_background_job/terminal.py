@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
@@ -42,10 +43,16 @@ _PARTIAL = re.compile(
 
 
 class _Lines:
-    """An unbounded stack of lines with a cursor; cells are characters ('' after a tab)."""
+    """An unbounded stack of lines with a cursor; cells are characters ('' after a tab).
 
-    def __init__(self, width: int) -> None:
+    With ``traced``, each cell also keeps where its character came from (an int the caller
+    gives per character of the input, -1 for cells no character wrote: padding, erased cells):
+    the redactor uses it to mask the bytes behind text only visible once rendered.
+    """
+
+    def __init__(self, width: int, traced: bool = False) -> None:
         self.lines: list[list[str]] = [[]]
+        self.origins: list[list[int]] | None = [[]] if traced else None
         self.row = 0
         self.col = 0
         self.width = width
@@ -54,33 +61,44 @@ class _Lines:
     def line(self) -> list[str]:
         return self.lines[self.row]
 
-    def _pad(self) -> None:
-        line = self.line
-        if self.col > len(line):
-            line.extend(" " * (self.col - len(line)))
+    def _set(self, lo: int, hi: int | None, cells: Sequence[str], origins: Sequence[int]) -> None:
+        """Replace the cells [lo:hi] of the current line (hi None: to its end)."""
+        self.line[lo:hi] = cells
+        if self.origins is not None:
+            self.origins[self.row][lo:hi] = origins
 
-    def write(self, text: str) -> None:
+    def _pad(self) -> None:
+        n = self.col - len(self.line)
+        if n > 0:
+            self._set(self.col, None, " " * n, [-1] * n)
+
+    def write(self, text: str, origins: Sequence[int] = ()) -> None:
         self._pad()
         end = self.col + len(text)
-        self.line[self.col : end] = text
+        self._set(self.col, end, text, origins)
         self.col = end
 
-    def tab(self) -> None:
+    def tab(self, origin: int = -1) -> None:
         stop = (self.col // _TAB + 1) * _TAB
         self._pad()
-        self.line[self.col : stop] = ["\t", *([""] * (stop - self.col - 1))]
+        self._set(self.col, stop, ["\t", *([""] * (stop - self.col - 1))],
+                  [origin, *([-1] * (stop - self.col - 1))])  # fmt: skip
         self.col = stop
 
     def newline(self) -> None:
         self.row += 1
         if self.row == len(self.lines):
             self.lines.append([])
+            if self.origins is not None:
+                self.origins.append([])
         self.col = 0
 
     def move_to_row(self, row: int) -> None:
         self.row = max(0, row)
         while self.row >= len(self.lines):
             self.lines.append([])
+            if self.origins is not None:
+                self.origins.append([])
 
     def move_to_col(self, col: int) -> None:
         self.col = min(max(0, col), self.width - 1)
@@ -94,14 +112,17 @@ class _Lines:
         line = self.line
         if final == "K":  # erase in line
             if first == 0:
-                del line[self.col :]
+                self._set(self.col, None, (), ())
             elif first == 1:
-                line[: self.col + 1] = " " * min(self.col + 1, len(line))
+                k = min(self.col + 1, len(line))
+                self._set(0, self.col + 1, " " * k, [-1] * k)
             elif first == 2:
-                line.clear()
+                self._set(0, None, (), ())
         elif final == "J" and first == 0:  # erase below (a redraw); clearing the screen is ignored
-            del line[self.col :]
+            self._set(self.col, None, (), ())
             del self.lines[self.row + 1 :]
+            if self.origins is not None:
+                del self.origins[self.row + 1 :]
         elif final == "C":
             self.move_to_col(self.col + n)
         elif final == "D":
@@ -118,29 +139,24 @@ class _Lines:
                 self.col = 0
         elif final == "X":  # erase characters
             end = min(self.col + n, len(line))
-            line[self.col : end] = " " * max(0, end - self.col)
+            k = max(0, end - self.col)
+            self._set(self.col, end, " " * k, [-1] * k)
         elif final == "P":  # delete characters
-            del line[self.col : self.col + n]
+            self._set(self.col, self.col + n, (), ())
         elif final == "@" and self.col < len(line):  # insert blanks
-            line[self.col : self.col] = " " * n
+            self._set(self.col, self.col, " " * n, [-1] * n)
         # Everything else (colours, absolute positions, scroll regions, ...) changes no text.
 
     def text(self) -> str:
         return "\n".join("".join(line) for line in self.lines)
 
 
-def render(text: str, width: int | None = None) -> str:
-    """The plain text a person would read for terminal output ``text`` (see the module doc).
-
-    ``width``: the terminal's columns, which bounds cursor moves to the right.
-    """
-    if not text:
-        return ""
-    screen = _Lines(width if width and width > 0 else _DEFAULT_WIDTH)
+def _render(text: str, width: int | None, origins: Sequence[int] | None) -> _Lines:
+    screen = _Lines(width if width and width > 0 else _DEFAULT_WIDTH, origins is not None)
     for m in _TOKEN.finditer(text):
         kind = m.lastgroup
         if kind == "text":
-            screen.write(m.group())
+            screen.write(m.group(), origins[m.start() : m.end()] if origins is not None else ())
         elif kind == "ctl":
             ch = m.group()
             if ch == "\n":
@@ -150,12 +166,33 @@ def render(text: str, width: int | None = None) -> str:
             elif ch == "\b":
                 screen.col = max(0, screen.col - 1)
             elif ch == "\t":
-                screen.tab()
+                screen.tab(origins[m.start()] if origins is not None else -1)
             # other controls (BEL, NUL, SI/SO, a lone ESC, C1) show nothing
         elif kind == "csi" and not m.group("inter"):
             screen.csi(m.group("params"), m.group("final"))
         # "string" and "esc": titles, charsets, keypad modes... show nothing
-    return screen.text()
+    return screen
+
+
+def render(text: str, width: int | None = None) -> str:
+    """The plain text a person would read for terminal output ``text`` (see the module doc).
+
+    ``width``: the terminal's columns, which bounds cursor moves to the right.
+    """
+    if not text:
+        return ""
+    return _render(text, width, None).text()
+
+
+def render_traced(
+    text: str, origins: Sequence[int], width: int | None = None
+) -> list[tuple[list[str], list[int]]]:
+    """``render`` that says where each character shown came from: the rendered lines, each as
+    its cells and, per cell, the ``origins`` entry of the character that wrote it last (-1 for
+    padding and erased cells). ``origins`` has one entry per character of ``text``."""
+    screen = _render(text, width, origins)
+    assert screen.origins is not None
+    return list(zip(screen.lines, screen.origins, strict=True))
 
 
 def incomplete_suffix(text: str) -> int:
