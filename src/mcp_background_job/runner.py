@@ -351,7 +351,7 @@ class Runner:
                     env["TERM"] = PTY_TERM
                 # The helper makes the terminal the job's controlling terminal in a new session.
                 popen = subprocess.Popen(  # noqa: ASYNC220
-                    self.isolation.wrap(ptyjob.exec_argv(job.shell, job.command), job.cwd),
+                    self.isolation.wrap(ptyjob.exec_argv(job.shell, job.command), job.cwd, job.id),
                     stdin=terminal.slave,
                     stdout=terminal.slave,
                     stderr=terminal.slave,
@@ -364,7 +364,7 @@ class Runner:
                 # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
                 # background grandchild can hold forever. Popen spawns with vfork: it is quick.
                 popen = subprocess.Popen(  # noqa: ASYNC220
-                    self.isolation.argv(job.shell, job.command, job.cwd),
+                    self.isolation.argv(job.shell, job.command, job.cwd, job.id),
                     stdin=stdin_r,
                     stdout=writers[Stream.STDOUT],
                     stderr=writers[Stream.STDERR],
