@@ -25,9 +25,10 @@ import pytest
 from mcp_background_job import cgroup
 from mcp_background_job._sandbox import landlock_abi, seccomp_program
 from mcp_background_job.config import Settings
-from mcp_background_job.errors import IsolationError
+from mcp_background_job.errors import InvalidRequest, IsolationError
 from mcp_background_job.isolation import (
     TEMP_DIRS,
+    WITHHELD,
     Isolation,
     detect,
     helper_argv,
@@ -136,6 +137,15 @@ def test_environment_is_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["MARK"] == "job1"
     assert "SERVER_TOKEN" not in env
     assert set(env) <= {"PATH", "HOME", "FOO", "MARK"}
+
+
+def test_withheld_values_come_from_memory_or_the_job_does_not_start() -> None:
+    iso = _iso("none")
+    iso.secrets.put("job1", {"API_TOKEN": "t0k3n"})
+    env = iso.environment({"API_TOKEN": WITHHELD, "MODE": "ci"}, ("MARK", "job1"))
+    assert (env["API_TOKEN"], env["MODE"]) == ("t0k3n", "ci")
+    with pytest.raises(InvalidRequest, match=r"API_TOKEN .*rerun"):
+        iso.environment({"API_TOKEN": WITHHELD}, ("MARK", "job2"))  # queued by another server
 
 
 def test_cwd_refusals(box: Path) -> None:

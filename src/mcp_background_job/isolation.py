@@ -34,14 +34,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import cgroup
 from .capture import spool_paths
 from .config import Settings
-from .errors import IsolationError
+from .errors import InvalidRequest, IsolationError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ _DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 #: The prlimit path joins the job's cgroups with a few lines of sh (~1 ms) instead of Python.
 _ENTER = 'while [ "$1" != -- ]; do echo 0 > "$1" || exit 126; shift; done; shift; exec "$@"'
 _SHELL = "/bin/sh"
+#: The value stored in ``jobs.env`` for a variable whose value is secret (never stored). A NUL
+#: cannot be in a real value, so this never stands for one.
+WITHHELD = "\0withheld"
 _SECCOMP_ARCHES = ("x86_64", "aarch64")
 
 
@@ -71,6 +75,28 @@ def helper_argv() -> list[str]:
 
 def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+class SecretValues:
+    """Values of jobs' secret-named variables, kept in this server's memory only (``jobs.env``
+    holds ``WITHHELD`` for them): a job queued here gets them when it starts, and its output is
+    masked for them. The most recent ``LIMIT`` jobs are kept."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, dict[str, str]] = OrderedDict()
+
+    def put(self, job_id: str, values: Mapping[str, str]) -> None:
+        if not values:
+            return
+        self._jobs[job_id] = dict(values)
+        self._jobs.move_to_end(job_id)
+        while len(self._jobs) > self.LIMIT:
+            self._jobs.popitem(last=False)
+
+    def get(self, job_id: str) -> Mapping[str, str]:
+        return self._jobs.get(job_id, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +126,7 @@ class Isolation:
     #: Landlock ABI >= 6: signals and abstract unix sockets stay inside the job.
     scoped: bool = False
     cgroups: cgroup.JobCgroups | None = None
+    secrets: SecretValues = field(default_factory=SecretValues, compare=False, repr=False)
 
     def describe(self) -> dict[str, object]:
         sandboxed = self.mode in ("landlock", "bwrap")
@@ -192,9 +219,24 @@ class Isolation:
         return [p for p in self.temp if p not in TEMP_DIRS]
 
     def environment(self, caller: Mapping[str, str], marker: tuple[str, str]) -> dict[str, str]:
-        """The server's allowed variables, then the caller's, then the job marker."""
+        """The server's allowed variables, then the caller's, then the job marker. Withheld
+        secret values come from this server's memory; InvalidRequest if they are not there."""
         env = {k: os.environ[k] for k in self.env_allow if k in os.environ}
-        env.update(caller)
+        secret = self.secrets.get(marker[1])
+        missing = []
+        for key, value in caller.items():
+            if value != WITHHELD:
+                env[key] = value
+            elif key in secret:
+                env[key] = secret[key]
+            else:
+                missing.append(key)
+        if missing:
+            raise InvalidRequest(
+                f"the values of {', '.join(sorted(missing))} (secret-like names) are not stored, "
+                "only kept by the server that queued the job, which no longer has them. Start "
+                "the job again with `rerun` and pass them in `env`."
+            )
         env[marker[0]] = marker[1]
         return env
 

@@ -36,7 +36,7 @@ from . import proctree, ptyjob
 from .capture import Ingester
 from .config import Settings
 from .db import utcnow
-from .errors import JobStateError, TransitionConflict
+from .errors import InvalidRequest, JobStateError, TransitionConflict
 from .isolation import Isolation
 from .jobs import (
     ACTIVE,
@@ -231,14 +231,17 @@ class Runner:
         timeout_s: float | None,
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
         shell: str | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> Job:
         """Record a new job and start it now if it may (a slot is free, nothing is queued ahead
         of it, no dependencies), else leave it queued for the scheduler. ``shell``: default
-        the server's."""
+        the server's. ``secret_env``: values ``env`` holds as ``WITHHELD``, kept in memory only
+        (see isolation.py)."""
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
 
         async def create(job_id: str) -> Job:
+            self.isolation.secrets.put(job_id, secret_env or {})
             job = await self.store.create_job(
                 job_id=job_id,
                 command=command,
@@ -334,7 +337,10 @@ class Runner:
     async def _start(self, job: Job) -> Job:
         """Spawn a queued job; returns it as it now stands (running, or failed to start)."""
         # An explicit environment: the server's secrets do not reach jobs (see isolation.py).
-        env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
+        try:
+            env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
+        except InvalidRequest as exc:  # secret values this server does not hold
+            return await self._fail_start(job, f"failed to start: {exc}")
         try:
             writers = self.ingester.create_spool(job.id)
         except OSError as exc:

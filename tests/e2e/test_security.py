@@ -874,3 +874,50 @@ def test_landlock_refuses_to_start_where_it_cannot_hide_the_state(tmp_path: Path
     assert result.returncode == 2
     assert "cannot hide the server's state" in result.stderr
     assert "Keep the database elsewhere" in result.stderr
+
+
+# --- secret env values ----------------------------------------------------------------------------
+
+TOKEN = "tok-e2e-1234567890"
+DB_URL = "postgres://app:pw-e2e-98765@db.internal/app"
+
+
+@needs_sqlite3
+async def test_secret_env_values_are_not_stored_and_rerun_asks_for_them(box: Box) -> None:
+    check = 'test "$API_TOKEN" = ' + TOKEN + ' && test "$DATABASE_URL" = "' + DB_URL + '"'
+    async with serve(box.db, extra_env=box.env(), cwd=box.work) as s:
+        env = {"API_TOKEN": TOKEN, "DATABASE_URL": DB_URL, "MODE": "ci"}
+        job = await s.execute(f"{check} && echo values-ok $MODE", env=env, cwd=str(box.work))
+        done = await s.wait_done(job["id"])
+        assert (done["status"], await s.read_all(job["id"])) == ("completed", "values-ok ci\n")
+        assert done["env_keys"] == ["API_TOKEN", "DATABASE_URL", "MODE"]
+
+        with pytest.raises(ToolError) as info:
+            await s.call("rerun", job_id=job["id"])
+        assert "API_TOKEN, DATABASE_URL" in str(info.value) and "env=" in str(info.value)
+        again = await s.call("rerun", job_id=job["id"],
+                             env={"API_TOKEN": TOKEN, "DATABASE_URL": DB_URL})  # fmt: skip
+        done = await s.wait_done(again["id"])
+        assert (done["status"], done["rerun_of"]) == ("completed", job["id"])
+        assert await s.read_all(again["id"]) == "values-ok ci\n"
+    rows = sqlite_cli(box.db, "select env from jobs order by created_at")
+    assert TOKEN not in str(rows) and "pw-e2e-98765" not in str(rows)
+    for (text,) in rows:  # the names stay, the values are withheld
+        env = json.loads(text)
+        assert env == {"API_TOKEN": "\0withheld", "DATABASE_URL": "\0withheld", "MODE": "ci"}
+
+
+async def test_a_queued_job_with_secrets_taken_over_by_another_server_fails_clearly(
+    box: Box,
+) -> None:
+    settings = {"max_concurrent": "1"}
+    async with serve(box.db, settings, extra_env=box.env(), cwd=box.work) as s:
+        await s.execute("sleep 30", cwd=str(box.work))
+        queued = await s.execute("echo $API_TOKEN", env={"API_TOKEN": TOKEN}, cwd=str(box.work))
+        assert queued["status"] == "queued"
+    # that server stopped; its queued job is taken over by the next one, which never had the value
+    async with serve(box.db, extra_env=box.env(), cwd=box.work) as s:
+        done = await s.wait_done(queued["id"])
+        assert done["status"] == "failed"
+        assert "API_TOKEN" in done["reason"] and "rerun" in done["reason"]
+        assert await s.read_all(queued["id"]) == ""
