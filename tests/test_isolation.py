@@ -328,7 +328,7 @@ def test_landlock_hides_the_state_and_confines_writes(box: Path) -> None:
         echo x > here.txt && echo cwd-ok
         echo x > /tmp/mcp-bj-{job} && echo tmp-ok && rm /tmp/mcp-bj-{job}
         echo x > {box}/sibling.txt || echo sibling-readonly
-        echo x > /etc/mcp-bj-escape || echo etc-readonly
+        echo x > /etc/mcp-bj-escape-{job} || echo etc-readonly
         cat /dev/kmsg > /dev/null || echo kmsg-closed
         echo null > /dev/null && echo null-ok
     """
@@ -387,6 +387,8 @@ _SOCKETS = textwrap.dedent(
     libc.syscall.restype = ctypes.c_long
     r = libc.syscall(ctypes.c_long(425), ctypes.c_long(8), None)  # io_uring_setup
     print("io_uring", ctypes.get_errno() if r < 0 else "ok")
+    r = libc.syscall(ctypes.c_long(-1))  # a probe: ENOSYS, as without the filter
+    print("negative", ctypes.get_errno() if r < 0 else "ok")
     sys.stdout.flush()
     if len(sys.argv) > 4:  # an x32 system call: socket(AF_UNIX) with the x32 bit
         libc.syscall(ctypes.c_long(41 | 0x40000000), ctypes.c_long(1), ctypes.c_long(1), 0)
@@ -419,7 +421,7 @@ def test_unix_sockets_signals_and_io_uring_do_not_leave_the_job(box: Path) -> No
         got = dict(line.split(" ", 1) for line in result.stdout.splitlines())
         assert got == {
             "unix-path": "13", "unix-abstract": "13", "pair-stream": "ok", "pair-dgram": "13",
-            "inet": "ok", "signal-parent": "1", "io_uring": "38",
+            "inet": "ok", "signal-parent": "1", "io_uring": "38", "negative": "38",
         }, result.stderr  # fmt: skip
         if x32:
             assert result.returncode == -signal.SIGSYS  # killed, not run as another call

@@ -261,6 +261,8 @@ def seccomp_program(machine: str, byteorder: Literal["little", "big"] = sys.byte
         (_LD_W_ABS, None, None, 0),  # syscall number
     ]
     if machine == "x86_64":
+        # x32 numbers have bit 30 set; a negative number (syscall(-1) probes) is just ENOSYS.
+        prog.append((_JGE_K, "allow", None, 0x80000000))
         prog.append((_JGE_K, "kill", None, _X32_SYSCALL_BIT))
     prog += [
         (_JEQ_K, "socket", None, nr_socket),

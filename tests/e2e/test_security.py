@@ -594,6 +594,7 @@ def box() -> Iterator[Box]:
         for log in sorted((root / "state").glob("server-*.log")):
             sys.stderr.write(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}\n")
         shutil.rmtree(root, ignore_errors=True)
+        ETC_ESCAPE.unlink(missing_ok=True)  # only there if a sandbox failed
 
 
 def _server_pid(db: Path) -> int:
@@ -616,10 +617,14 @@ def _listener() -> Iterator[int]:
         sock.close()
 
 
+#: Unique per test process: a file left by an earlier run (or another worktree's) proves nothing.
+ETC_ESCAPE = Path(f"/etc/mcp-bj-escape-{os.getpid()}")
+
+
 def _probe_script(port: int) -> str:
     return (
         "echo inside > here.txt && cat here.txt; "
-        "(echo x > /etc/mcp-bj-escape) 2>/dev/null || echo etc-readonly; "
+        f"(echo x > {ETC_ESCAPE}) 2>/dev/null || echo etc-readonly; "
         "(echo x > $HOME/.mcp-bj-escape) 2>/dev/null || echo home-readonly; "
         # bash's /dev/tcp, not this test's Python: under bwrap a private /tmp hides a Python
         # that lives in /tmp (as CI's checkout may).
@@ -704,7 +709,7 @@ kill -0 {pid} 2>/dev/null && echo server-signalled || echo signal-refused
 grep -q SERVER_SIDE_TOKEN /proc/{pid}/environ 2>/dev/null && echo environ-read \\
     || echo environ-hidden
 (echo x > $HOME/escape) 2>/dev/null && echo home-written || echo home-readonly
-(echo x > /etc/mcp-bj-escape) 2>/dev/null && echo etc-written || echo etc-readonly
+(echo x > {etc}) 2>/dev/null && echo etc-written || echo etc-readonly
 """
 
 
@@ -733,7 +738,7 @@ async def test_sandboxed_jobs_cannot_reach_the_state_sockets_or_the_server(
             await wait_for(spooled)
             script = _ESCAPES.format(
                 db=box.db, spool=spool, other=other["id"], state=box.db.parent, py=sys.executable,
-                sock=agent, pid=_server_pid(box.db),
+                sock=agent, pid=_server_pid(box.db), etc=ETC_ESCAPE,
             )  # fmt: skip
             job = await s.execute(script, cwd=str(box.work))
             done = await s.wait_done(job["id"])
@@ -798,7 +803,7 @@ async def test_isolation_bwrap(box: Box) -> None:
             assert "pid=2" in lines or "pid=1" in lines  # a PID namespace of its own
             assert marker.name not in text  # a private /tmp
             assert (box.work / "here.txt").read_text() == "inside\n"
-            assert not Path("/etc/mcp-bj-escape").exists()
+            assert not ETC_ESCAPE.exists()
 
             # kill reaches everything inside, including a setsid child; the pid is bwrap's
             tree = await s.execute("setsid sleep 301 & sleep 302 & wait", cwd=str(box.work))
