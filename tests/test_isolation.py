@@ -309,6 +309,30 @@ def test_helper_refuses_bad_options_without_running_anything(tmp_path: Path) -> 
     assert "the job was not run" in _run([*helper_argv(), "--x", "--", "true"], tmp_path).stderr
 
 
+def test_jobs_start_with_default_signal_dispositions(tmp_path: Path) -> None:
+    # Python ignores SIGPIPE and SIGXFSZ, and exec kept them ignored in the job.
+    script = "grep SigIgn /proc/self/status; yes | head -1"
+    result = _run([*helper_argv(), "--rlimit", "core=0", "--", "/bin/sh", "-c", script], tmp_path)
+    assert result.stdout == "SigIgn:\t0000000000000000\ny\n"
+    assert result.stderr == ""  # no "yes: standard output: Broken pipe"
+
+
+def test_ctrl_c_during_the_helper_is_not_lost(tmp_path: Path) -> None:
+    # A SIGINT that reaches the helper at any moment before the job runs ends the job, as it
+    # would have ended the job itself (it once vanished with the interpreter at exec).
+    delays = [0.0, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05] * 2
+    for delay in delays:
+        proc = subprocess.Popen([*helper_argv(), "--", "sleep", "30"], cwd=tmp_path,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(timeout=10) == -signal.SIGINT, delay
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 # --- the sandbox, for real ------------------------------------------------------------------------
 
 

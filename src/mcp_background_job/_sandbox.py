@@ -38,6 +38,7 @@ on stderr and exits with 126 (like a shell that cannot run a command); nothing r
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # (no stubs; `signal` imports enum: ~3 ms)
 import posix
 import sys
 
@@ -366,7 +367,20 @@ _LISTS = ("--cgroup", "--rlimit", "--ro", "--hide", "--rw", "--dev")
 _FLAGS = ("--deny-tcp", "--scope", "--deny-unix", "--drop-caps")
 
 
+def _default_signals() -> None:
+    """The job starts with default signal dispositions: Python ignores SIGPIPE and SIGXFSZ and
+    handles SIGINT itself, and exec keeps an ignored signal ignored (``yes | head`` would print
+    "Broken pipe"). A SIGINT held back while the helper ran is delivered now: its default
+    action ends the job as Ctrl-C would have."""
+    for signum in (_signal.SIGPIPE, _signal.SIGXFSZ, _signal.SIGINT):
+        _signal.signal(signum, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
+
+
 def main(argv: list[str] | None = None) -> int:
+    # A SIGINT (Ctrl-C sent by interact or `run`) that reached Python's handler just before exec
+    # would be lost with the interpreter: keep it pending in the kernel until _default_signals.
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     args = sys.argv[1:] if argv is None else argv
     lists: dict[str, list[str]] = {name: [] for name in _LISTS}
     flags: set[str] = set()
@@ -414,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             drop_capabilities()
         if "--deny-unix" in flags:
             apply_seccomp()
+        _default_signals()
         _exec(program)
     except (SandboxError, OSError, ValueError) as exc:
         sys.stderr.write(f"mcp-background-job sandbox: {exc}; the job was not run\n")
