@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 
+from mcp_background_job import proctree
 from mcp_background_job.db import alembic_config
 
 from .fixtures.make_db import JOBS, make_db
@@ -153,13 +154,32 @@ def test_ctrl_c_stops_the_job_and_exits_like_a_shell(db: Path) -> None:
         stderr=subprocess.PIPE,
     )
     try:
-        wait_until(lambda: job_where(db, "sleep 60", "running"))
+        job_id = wait_until(lambda: job_where(db, "sleep 60", "running"))
+        # Ctrl-C once the shell waits for `sleep`: sh defers a SIGINT that comes in its first
+        # milliseconds, before it forks, until the child ends (the kill's SIGKILL, here).
+        wait_until(lambda: _process(b"sleep\x0060\x00", f"{proctree.MARKER}={job_id}\x00".encode()))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
     assert query(db, "select status, signal from jobs") == [("killed", "SIGINT")]
+
+
+def _process(cmdline: bytes, env_entry: bytes) -> bool:
+    """Whether a live process has exactly ``cmdline`` and ``env_entry`` in its environment."""
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            try:
+                if (
+                    entry.name.isdigit()
+                    and Path(entry.path, "cmdline").read_bytes() == cmdline
+                    and env_entry in Path(entry.path, "environ").read_bytes()
+                ):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def test_kill_stops_a_job_of_another_live_process(db: Path) -> None:

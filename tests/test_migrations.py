@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import stat
@@ -446,3 +447,36 @@ def _rowids(path: Path) -> list[tuple[int, str]]:
         return con.execute("select rowid, id from jobs order by rowid").fetchall()
     finally:
         con.close()
+
+
+def test_0008_withholds_secret_env_values_of_existing_jobs(tmp_path: Path) -> None:
+    path = make_db(tmp_path / "jobs.db", "0006")
+    old = {
+        "API_TOKEN": "t0k3n-value", "DB_PASSWORD": "hunter2", "SSH_KEY": "/keys/id",
+        "MODE": "ci", "REPO_URL": "https://bot:p4ss-w0rd@git.example/repo.git",
+        "GH": "ghp_" + "a1" * 18, "KEYBOARD": "us",
+    }  # fmt: skip
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("update jobs set env = ? where id = 'aaaa00000001'", (json.dumps(old),))
+        con.execute("update jobs set env = 'not json' where id = 'aaaa00000002'")
+    con.close()
+    _migrate(path, "head")
+
+    def env_of(job_id: str) -> str:
+        con = sqlite3.connect(path)
+        try:
+            return str(con.execute("select env from jobs where id = ?", (job_id,)).fetchone()[0])
+        finally:
+            con.close()
+
+    scrubbed = json.loads(env_of("aaaa00000001"))
+    withheld = {"API_TOKEN", "DB_PASSWORD", "SSH_KEY", "REPO_URL", "GH"}
+    assert scrubbed == {k: "\0withheld" if k in withheld else v for k, v in old.items()}
+    assert "t0k3n-value" not in env_of("aaaa00000001")
+    assert env_of("aaaa00000002") == "not json"  # not a server's: left alone
+    assert json.loads(env_of("bbbb00000003")) == {"FIXTURE": "1"}
+    # Going back: an older server cannot start a job with a NUL in its environment.
+    _migrate(path, "0007", downgrade=True)
+    assert json.loads(env_of("aaaa00000001")) == {k: "" if k in withheld else v
+                                                  for k, v in old.items()}  # fmt: skip

@@ -32,7 +32,7 @@ from .capture import Ingester
 from .config import Settings
 from .db import AUDIT_KINDS, utcnow
 from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited, StorageError
-from .isolation import Isolation, detect
+from .isolation import WITHHELD, Isolation, detect
 from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
 from .models import (
     AuditResult,
@@ -75,9 +75,10 @@ MAX_WAIT_JOBS = 500
 _LABEL = re.compile(r"^[\w.:/@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
-#: Caller-given variables whose values are masked in that job's output.
+#: Caller-given variables whose values are masked in that job's output, and never stored.
 _SECRET_ENV = re.compile(
-    r"(?i)(TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|CREDENTIAL|AUTH)"
+    r"(?i)(TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|CREDENTIAL|AUTH|PRIVATE"
+    r"|(^|_)KEYS?(_|$))"
 )
 _AUDIT_COMMAND_MAX = 2000
 _REDACT_BATCH = 1024 * 1024
@@ -296,6 +297,8 @@ class App:
         )
         resolved = str(workdir.resolve())
         verdict = await self._admit(command, resolved, client, dict(env or {}))
+        # Secret values are never stored: the row keeps their names (see isolation.WITHHELD).
+        secret = {k: v for k, v in (env or {}).items() if self._is_secret(k, v)}
         detail: dict[str, object] = {
             "isolation": self.isolation.mode,
             "limits": dict(self.isolation.rlimits),
@@ -320,12 +323,13 @@ class App:
         job = await self.runner.submit(
             command,
             cwd=resolved,
-            env=dict(env or {}),
+            env={k: WITHHELD if k in secret else v for k, v in (env or {}).items()},
             labels=list(labels),
             timeout_s=timeout_s,
             options=options,
             shell=shell,
             audit=audit,
+            secret_env=secret,
         )
         return self._view(job)
 
@@ -447,8 +451,13 @@ class App:
 
     # --- redaction ------------------------------------------------------------------------
 
+    def _is_secret(self, key: str, value: str) -> bool:
+        """A secret-like name, or a value that looks like a token or credentials."""
+        return bool(_SECRET_ENV.search(key) or self.redactor.redact(value.encode())[1])
+
     def _redactor_for(self, job: Job) -> Redactor:
-        values = [v.encode() for k, v in job.env.items() if _SECRET_ENV.search(k)]
+        env = {**job.env, **self.isolation.secrets.get(job.id)}  # values this server holds
+        values = [v.encode() for k, v in env.items() if v != WITHHELD and self._is_secret(k, v)]
         return self.redactor.with_values(values)
 
     def _mask_text(self, job: Job, text: str) -> str:
@@ -662,15 +671,32 @@ class App:
                 f"after: no job with id {job_id!r}. Give ids of existing jobs (see `list`)."
             ) from None
 
-    async def rerun(self, job_id: str, *, client: Client | None = None) -> JobView:
+    async def rerun(
+        self,
+        job_id: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        client: Client | None = None,
+    ) -> JobView:
         """A new job with the same command, cwd, env, labels, terminal, priority and timeouts
-        (not the dependencies: those have run); it records which job it reran. ``client``:
-        who asked for the rerun, for its audit row (as for ``execute``)."""
+        (not the dependencies: those have run); it records which job it reran. ``env`` adds to
+        (or replaces) the old job's variables; it must give the values of its secret-named
+        ones, which are not stored. ``client``: who asked for the rerun, for its audit row (as
+        for ``execute``)."""
         old = await self._job(job_id)
+        merged = {**old.env, **(env or {})}
+        missing = sorted(k for k, v in merged.items() if v == WITHHELD)
+        if missing:
+            example = ", ".join(f'"{k}": "..."' for k in missing)
+            raise InvalidRequest(
+                f"job {old.id} was started with {', '.join(missing)}, whose values are not "
+                "stored (secret-like names or values). Pass them again: "
+                f"rerun(job_id={old.id!r}, env={{{example}}})."
+            )
         return await self.execute(
             old.command,
             old.cwd,
-            old.env,
+            merged,
             old.timeout_s,
             old.labels,
             pty=old.pty,
@@ -1290,7 +1316,10 @@ class ClaimedJobCheck:
 
     async def check(self, job: Job, claimed_from: str | None, server_id: str) -> str | None:
         """Why the job is refused (names the rule), or None: it may run."""
-        env = self.isolation.environment(job.env, (MARKER, job.id))
+        try:
+            env = self.isolation.environment(job.env, (MARKER, job.id))
+        except InvalidRequest as exc:  # its secret values went with the server that queued it
+            return str(exc)
         verdict = await asyncio.to_thread(
             admission_verdict, self.settings, self.isolation, self.policy, job.command, job.cwd, env
         )

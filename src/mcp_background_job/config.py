@@ -20,7 +20,8 @@ GiB = 1024 * MiB
 
 PolicyMode = Literal["deny-list", "allow-list"]
 UnparseableAction = Literal["refuse", "allow-with-audit"]
-IsolationMode = Literal["none", "rlimits", "landlock", "bwrap"]
+IsolationMode = Literal["auto", "none", "rlimits", "landlock", "bwrap"]
+CgroupMode = Literal["auto", "on", "off"]
 
 #: Variables of the server's environment that jobs get (plus what the caller passes); everything
 #: else -- tokens, keys, the server's own settings -- stays out of jobs' reach.
@@ -29,6 +30,18 @@ DEFAULT_ENV_ALLOW = (
     "LC_CTYPE", "LC_MESSAGES", "TZ", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME",
     "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "VIRTUAL_ENV", "PYTHONPATH",
     "GOPATH", "GOROOT", "CARGO_HOME", "RUSTUP_HOME", "JAVA_HOME", "NVM_DIR", "PNPM_HOME",
+)  # fmt: skip
+
+#: Writable by sandboxed jobs besides their cwd and the temp directories: where package managers
+#: and build tools keep their caches (``~`` is the server's home). Not the tools' own install
+#: directories (``~/.cargo/bin``, ``~/.rustup``, ``~/go/bin``, ``~/.local/bin``): a job could
+#: replace a program run later outside the sandbox.
+DEFAULT_CACHE_DIRS = (
+    "~/.cache", "~/.npm", "~/.yarn", "~/.pnpm-store", "~/.local/share/pnpm",
+    "~/.bun/install/cache", "~/.cargo/registry", "~/.cargo/git", "~/go/pkg/mod", "~/.m2/repository",
+    "~/.gradle/caches", "~/.gradle/wrapper", "~/.gradle/daemon", "~/.gradle/native",
+    "~/.ivy2/cache", "~/.sbt", "~/.nuget/packages", "~/.cabal/packages", "~/.stack",
+    "~/.local/share/uv/python", "~/.deno",
 )  # fmt: skip
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -207,23 +220,42 @@ class Settings(BaseSettings):
     # --- isolation and resource limits (see isolation.py) -----------------------------------
     isolation: Annotated[
         IsolationMode,
-        Field(description="none | rlimits | landlock | bwrap; refused at start-up if this "
-              "machine cannot provide it."),
-    ] = "rlimits"  # fmt: skip
+        Field(description="auto | none | rlimits | landlock | bwrap. auto: landlock where the "
+              "kernel has it, else rlimits (logged); an explicit mode this machine cannot "
+              "provide is refused at start-up."),
+    ] = "auto"  # fmt: skip
+    # Default: on under auto (package managers fetch), off when landlock/bwrap are chosen.
     isolation_network: Annotated[
         bool, Field(description="landlock/bwrap: let jobs open network connections.")
-    ] = False
+    ] = Field(default_factory=lambda data: data.get("isolation") == "auto")
     isolation_writable: Annotated[
         tuple[Path, ...],
         Field(description="landlock/bwrap: writable paths besides the job's cwd (JSON list)."),
     ] = ()
+    isolation_cache_dirs: Annotated[
+        tuple[str, ...],
+        Field(description="landlock/bwrap: cache directories jobs may write (JSON list; ~ is "
+              "the server's home); missing ones are skipped."),
+    ] = DEFAULT_CACHE_DIRS  # fmt: skip
+    isolation_unix_sockets: Annotated[
+        bool,
+        Field(description="landlock/bwrap: let jobs create unix sockets (they reach D-Bus, "
+              "docker.sock, ssh-agent: a way out of the sandbox)."),
+    ] = False  # fmt: skip
+    isolation_cgroup: Annotated[
+        CgroupMode,
+        Field(description="A cgroup per job for its memory and process limits: auto (where "
+              "this server may make them), on (refuse to start without), off."),
+    ] = "auto"  # fmt: skip
     env_allow: Annotated[
         tuple[str, ...],
         Field(description="Server variables passed on to jobs (JSON list); others are not."),
     ] = DEFAULT_ENV_ALLOW
     limit_memory_bytes: Annotated[
-        int | None, Field(ge=16 * MiB, description="RLIMIT_DATA per process of a job.")
-    ] = 8 * GiB
+        int | None,
+        Field(ge=16 * MiB, description="RLIMIT_DATA per process of a job, and the memory of "
+              "the whole job where it has a cgroup (shared memory and /dev/shm included)."),
+    ] = 8 * GiB  # fmt: skip
     limit_address_space_bytes: Annotated[
         int | None,
         Field(ge=16 * MiB, description="RLIMIT_AS per process (breaks JVM, Go, Node if low)."),
@@ -231,8 +263,9 @@ class Settings(BaseSettings):
     limit_cpu_s: Annotated[int | None, Field(ge=1, description="RLIMIT_CPU per process.")] = None
     limit_processes: Annotated[
         int | None,
-        Field(ge=8, description="RLIMIT_NPROC: processes of the user (ignored for root)."),
-    ] = 4096
+        Field(ge=8, description="RLIMIT_NPROC: processes of the user (ignored for root); and "
+              "the processes of the whole job where it has a cgroup (root included)."),
+    ] = 4096  # fmt: skip
     limit_file_size_bytes: Annotated[
         int | None,
         Field(ge=MiB, description="RLIMIT_FSIZE: largest file a job writes (stdout too)."),
@@ -292,6 +325,14 @@ class Settings(BaseSettings):
             if not path.expanduser().is_absolute():
                 raise ValueError(f"{str(path)!r} is not an absolute path")
         return tuple(Path(os.path.realpath(p.expanduser())) for p in value)
+
+    @field_validator("isolation_cache_dirs")
+    @classmethod
+    def _cache_dirs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not (path.startswith("~/") or Path(path).is_absolute()) or "\0" in path:
+                raise ValueError(f"{path!r} is neither absolute nor ~/...")
+        return value
 
     @field_validator("policy_allow", "policy_deny")
     @classmethod

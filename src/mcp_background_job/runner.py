@@ -67,7 +67,7 @@ from . import proctree, ptyjob
 from .capture import EndRecord, FailureLog, Ingester, describe_failure
 from .config import Settings
 from .db import utcnow
-from .errors import JobStateError, StorageError, TransitionConflict
+from .errors import InvalidRequest, JobStateError, StorageError, TransitionConflict
 from .isolation import Isolation
 from .jobs import (
     ACTIVE,
@@ -356,15 +356,18 @@ class Runner:
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
         shell: str | None = None,
         audit: AuditEvent | None = None,
+        secret_env: Mapping[str, str] | None = None,
     ) -> Job:
         """Record a new job and start it now if it may (a slot is free, nothing is queued ahead
         of it, no dependencies), else leave it queued for the scheduler. ``shell``: default
         the server's. ``audit``: written with the job, in its transaction (its ``job_id`` is
-        set there): if it cannot be written, nothing is created or run."""
+        set there): if it cannot be written, nothing is created or run. ``secret_env``: values
+        ``env`` holds as ``WITHHELD``, kept in memory only (see isolation.py)."""
         if self._closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
 
         async def create(job_id: str, *, starting: bool) -> Job:
+            self.isolation.secrets.put(job_id, secret_env or {})
             job = await self.store.create_job(
                 job_id=job_id,
                 command=command,
@@ -496,7 +499,10 @@ class Runner:
                 self._queued += 1  # nothing was spawned; the scheduler looks again
                 return job
         # An explicit environment: the server's secrets do not reach jobs (see isolation.py).
-        env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
+        try:
+            env = self.isolation.environment(job.env, (proctree.MARKER, job.id))
+        except InvalidRequest as exc:  # secret values this server does not hold
+            return await self._fail_start(job, f"failed to start: {exc}")
         try:
             writers = self.ingester.create_spool(job.id)
         except OSError as exc:
@@ -513,7 +519,7 @@ class Runner:
                     env["TERM"] = PTY_TERM
                 # The helper makes the terminal the job's controlling terminal in a new session.
                 popen = subprocess.Popen(  # noqa: ASYNC220
-                    self.isolation.wrap(ptyjob.exec_argv(job.shell, job.command), job.cwd),
+                    self.isolation.wrap(ptyjob.exec_argv(job.shell, job.command), job.cwd, job.id),
                     stdin=terminal.slave,
                     stdout=terminal.slave,
                     stderr=terminal.slave,
@@ -526,7 +532,7 @@ class Runner:
                 # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a
                 # background grandchild can hold forever. Popen spawns with vfork: it is quick.
                 popen = subprocess.Popen(  # noqa: ASYNC220
-                    self.isolation.argv(job.shell, job.command, job.cwd),
+                    self.isolation.argv(job.shell, job.command, job.cwd, job.id),
                     stdin=stdin_r,
                     stdout=writers[Stream.STDOUT],
                     stderr=writers[Stream.STDERR],

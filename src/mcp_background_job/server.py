@@ -530,11 +530,20 @@ def create_server(settings: Settings, isolation: Isolation | None = None) -> Fas
                      "openWorldHint": True},
     )  # fmt: skip
     async def rerun(
-        job_id: JobId, app: App = Depends(get_app), client: Client = Depends(get_client)
+        job_id: JobId,
+        env: Annotated[
+            dict[str, str] | None,
+            Field(
+                description="Variables added to (or replacing) the old job's; must give the "
+                "values of its secret-named ones (*TOKEN*, *KEY*, ...), which are not stored."
+            ),
+        ] = None,
+        app: App = Depends(get_app),
+        client: Client = Depends(get_client),
     ) -> JobView:
         """Start a new job with the same command, cwd, env, labels, terminal, priority and
         timeouts as JOB_ID (not its `after` list). The new job's rerun_of names JOB_ID."""
-        return await _call(app.rerun(job_id, client=client))
+        return await _call(app.rerun(job_id, env, client=client))
 
     @mcp.tool(name="list", title="List jobs (history)", annotations=_READ)
     async def list_jobs(

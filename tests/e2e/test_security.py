@@ -79,9 +79,11 @@ async def serve(
     user: int | None = None,
     python: str = sys.executable,
     extra_env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> AsyncIterator[Server]:
     """``mcp-background-job --db DB`` on stdio with ``MCP_BACKGROUND_JOB_<K>=V`` settings; as
-    ``user`` (a uid, through setpriv) when given."""
+    ``user`` (a uid, through setpriv) when given; in ``cwd`` (default: the database's
+    directory)."""
     log = db.with_name(f"server-{next(_numbers)}.log")
     env = {f"MCP_BACKGROUND_JOB_{k.upper()}": v for k, v in (settings or {}).items()}
     env.update(extra_env or {})
@@ -99,7 +101,7 @@ async def serve(
         command = shutil.which("setpriv") or "setpriv"
         env.setdefault("HOME", str(db.parent))
     transport = StdioTransport(
-        command, args, env=env, cwd=str(db.parent), keep_alive=False, log_file=log
+        command, args, env=env, cwd=str(cwd or db.parent), keep_alive=False, log_file=log
     )
     try:
         async with Client(transport, timeout=90, mode=mode) as client:
@@ -480,7 +482,9 @@ async def test_audit_rows_through_the_tool_and_sqlite3(
         kinds = [e["kind"] for e in reversed(events)]
         assert kinds == ["policy_loaded", "execute", "interact", "kill", "execute"]
         loaded, execute, interact, kill, refused = reversed(events)
-        assert loaded["detail"]["isolation"] == "rlimits"
+        # the default (auto): Landlock where the kernel has it
+        assert loaded["detail"]["isolation"] == ("landlock" if landlock_abi() else "rlimits")
+        assert loaded["detail"]["isolation_requested"] == "auto"
         assert loaded["detail"]["mode"] == "deny-list"
         assert loaded["detail"]["changed"] is False
         assert (execute["decision"], execute["rule"], execute["job_id"]) == (
@@ -541,6 +545,68 @@ async def _one_refusal(db: Path) -> None:
 
 # --- isolation modes ------------------------------------------------------------------------------
 
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _outside_temp_dirs() -> Path:
+    """A base directory that no temp directory contains: Landlock hides the server's state only
+    outside the places jobs may write, so these tests keep their state here."""
+    temps = [os.path.realpath(p) for p in (*TEMP_DIRS, os.environ.get("TMPDIR") or "/tmp")]
+    for base in (Path.home() / ".local" / "state", Path(__file__).resolve().parents[2]):
+        real = os.path.realpath(base)
+        if not any(real == t or real.startswith(t + "/") for t in temps):
+            return Path(real)
+    raise AssertionError("no directory outside the temp directories to keep test state in")
+
+
+@dataclass
+class Box:
+    """A server's world outside the temp directories: ``state/jobs.db``, a fake ``home`` (with
+    ``.cache``), and ``work``, the jobs' cwd."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "state" / "jobs.db"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"HOME": str(self.home), "PATH": os.environ["PATH"], **extra}
+
+
+@pytest.fixture
+def box() -> Iterator[Box]:
+    root = _outside_temp_dirs() / f"mcp-bj-e2e-{os.getpid()}-{next(_numbers)}"
+    for sub in ("state", "home/.cache", "work"):
+        (root / sub).mkdir(parents=True)
+    try:
+        yield Box(root)
+    finally:
+        for pid in _job_processes(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for log in sorted((root / "state").glob("server-*.log")):
+            sys.stderr.write(f"\n--- {log.name} ---\n{log.read_text(errors='replace')[-3000:]}\n")
+        shutil.rmtree(root, ignore_errors=True)
+        ETC_ESCAPE.unlink(missing_ok=True)  # only there if a sandbox failed
+
+
+def _server_pid(db: Path) -> int:
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("select pid from servers order by started_at desc limit 1").fetchone()
+    finally:
+        con.close()
+    return int(row[0])
+
 
 @contextlib.contextmanager
 def _listener() -> Iterator[int]:
@@ -553,10 +619,14 @@ def _listener() -> Iterator[int]:
         sock.close()
 
 
+#: Unique per test process: a file left by an earlier run (or another worktree's) proves nothing.
+ETC_ESCAPE = Path(f"/etc/mcp-bj-escape-{os.getpid()}")
+
+
 def _probe_script(port: int) -> str:
     return (
         "echo inside > here.txt && cat here.txt; "
-        "(echo x > /etc/mcp-bj-escape) 2>/dev/null || echo etc-readonly; "
+        f"(echo x > {ETC_ESCAPE}) 2>/dev/null || echo etc-readonly; "
         "(echo x > $HOME/.mcp-bj-escape) 2>/dev/null || echo home-readonly; "
         # bash's /dev/tcp, not this test's Python: under bwrap a private /tmp hides a Python
         # that lives in /tmp (as CI's checkout may).
@@ -565,18 +635,168 @@ def _probe_script(port: int) -> str:
     )
 
 
-async def test_isolation_bwrap(db: Path, tmp_path: Path) -> None:
+SANDBOXES = ["auto", "landlock", "bwrap"]
+
+
+def _mode_problem(mode: str) -> str | None:
+    if mode == "bwrap":
+        return _bwrap_problem()
+    if mode in ("auto", "landlock") and landlock_abi() < 6:
+        return f"Landlock ABI {landlock_abi()} here; the full sandbox needs 6+ (Linux 6.12)"
+    return None
+
+
+def _settings_for(mode: str) -> dict[str, str]:
+    return {} if mode == "auto" else {"isolation": mode}
+
+
+async def test_the_default_isolation_is_landlock_with_the_state_hidden(box: Box) -> None:
+    async with serve(box.db, extra_env=box.env(), cwd=box.work) as s:
+        loaded = (await s.call("audit", kind="policy_loaded"))["events"][0]["detail"]
+    assert loaded["isolation_requested"] == "auto"
+    assert loaded["isolation"] == ("landlock" if landlock_abi() >= 1 else "rlimits")
+    assert loaded["state_hidden"] is (landlock_abi() >= 1)
+    assert loaded["network"] is True  # fetching packages works by default
+    assert "~/.cache" not in loaded["cache_dirs"] and str(box.home / ".cache") in (
+        loaded["cache_dirs"] if landlock_abi() >= 1 else [str(box.home / ".cache")]
+    )
+
+
+_TINY_TEST = "def test_adds():\n    assert 1 + 1 == 2\n"
+
+
+@pytest.mark.parametrize("mode", ["auto", "rlimits", "landlock", "bwrap"])
+async def test_everyday_work_runs_in_every_mode(box: Box, mode: str) -> None:
+    problem = _mode_problem(mode) if mode != "auto" else None
+    if problem:
+        pytest.skip(problem)
+    (box.work / "test_tiny.py").write_text(_TINY_TEST)
+    py = sys.executable
+    script = (
+        "git init -q repo && cd repo && echo hi > f && git add f"
+        " && git -c user.name=t -c user.email=t@example.com commit -qm first && echo git-ok"
+        f" && cd .. && {py} -m pip --version >/dev/null && echo pip-ok"
+        f" && {py} -m pytest -q -p no:randomly test_tiny.py >pytest.log 2>&1 && echo pytest-ok"
+        " && echo c > $HOME/.cache/mcp-bj-tool && echo cache-ok"
+        " && t=$(mktemp) && echo t > $t && rm $t && echo tmp-ok"
+        " && echo s > /dev/shm/mcp-bj-$$ && rm /dev/shm/mcp-bj-$$ && echo shm-ok"
+        " && echo e > /dev/stderr && echo stderr-ok"
+    )
+    async with serve(box.db, _settings_for(mode), extra_env=box.env(), cwd=box.work) as s:
+        job = await s.execute(script, cwd=str(box.work))
+        done = await s.wait_done(job["id"], timeout_s=90)
+        text = await s.read_all(job["id"])
+        err = await s.read_all(job["id"], "stderr")
+        assert done["status"] == "completed", (
+            text,
+            err,
+            (box.work / "pytest.log").read_text() if (box.work / "pytest.log").exists() else "",
+        )
+        assert text.split() == ["git-ok", "pip-ok", "pytest-ok", "cache-ok", "tmp-ok", "shm-ok",
+                                "stderr-ok"]  # fmt: skip
+    assert (box.home / ".cache" / "mcp-bj-tool").read_text() == "c\n"
+    assert (box.work / "repo" / ".git").is_dir()
+
+
+_ESCAPES = """
+h=$(head -c 15 {db} 2>/dev/null); [ "$h" = "SQLite format 3" ] && echo db-read || echo db-hidden
+cat {db}-wal 2>/dev/null | grep -q . && echo wal-read || echo wal-hidden
+ls {spool} 2>/dev/null | grep -q . && echo spool-listed || echo spool-hidden
+cat {spool}/{other}.stdout 2>/dev/null | grep -q MARK-OF-THE-OTHER-JOB && echo output-read \\
+    || echo output-hidden
+ls {state} 2>/dev/null | grep -q . && echo state-listed || echo state-hidden
+{py} -I -c 'import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' {sock} \\
+    2>/dev/null && echo unix-connected || echo unix-refused
+kill -0 {pid} 2>/dev/null && echo server-signalled || echo signal-refused
+grep -q SERVER_SIDE_TOKEN /proc/{pid}/environ 2>/dev/null && echo environ-read \\
+    || echo environ-hidden
+(echo x > $HOME/escape) 2>/dev/null && echo home-written || echo home-readonly
+(echo x > {etc}) 2>/dev/null && echo etc-written || echo etc-readonly
+"""
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+async def test_sandboxed_jobs_cannot_reach_the_state_sockets_or_the_server(
+    box: Box, mode: str
+) -> None:
+    problem = _mode_problem(mode)
+    if problem:
+        pytest.skip(problem)
+    agent = box.home / ".ssh-agent.sock"  # what ssh-agent, docker and D-Bus leave under $HOME
+    env = box.env(SERVER_SIDE_TOKEN="server-secret-123456")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(agent))
+        listener.listen()
+        async with serve(box.db, _settings_for(mode), extra_env=env, cwd=box.work) as s:
+            other = await s.execute(
+                "echo MARK-OF-THE-OTHER-JOB; sleep 60", env={"DEPLOY_TOKEN": "t0k3n-of-other"}
+            )
+            spool = Path(f"{box.db}.spool")
+
+            async def spooled() -> bool:
+                path = spool / f"{other['id']}.stdout"
+                return path.exists() and b"MARK" in path.read_bytes()
+
+            await wait_for(spooled)
+            script = _ESCAPES.format(
+                db=box.db, spool=spool, other=other["id"], state=box.db.parent, py=sys.executable,
+                sock=agent, pid=_server_pid(box.db), etc=ETC_ESCAPE,
+            )  # fmt: skip
+            job = await s.execute(script, cwd=str(box.work))
+            done = await s.wait_done(job["id"])
+            text = await s.read_all(job["id"])
+            assert done["status"] == "completed", text
+            # bwrap mounts over each state file (the names stay listed); Landlock does not
+            # let the job list the directory at all.
+            listed = "state-listed" if mode == "bwrap" else "state-hidden"
+            assert text.split() == [
+                "db-hidden", "wal-hidden", "spool-hidden", "output-hidden", listed,
+                "unix-refused", "signal-refused", "environ-hidden", "home-readonly",
+                "etc-readonly",
+            ]  # fmt: skip
+            assert not (box.home / "escape").exists()
+            # the server is still there and answers
+            assert (await s.call("status", job_id=other["id"]))["status"] == "running"
+            await s.call("kill", job_id=other["id"], grace_s=1)
+
+
+@pytest.mark.parametrize("mode", ["auto", "landlock"])
+async def test_a_cwd_containing_the_state_is_refused(box: Box, mode: str) -> None:
+    problem = _mode_problem(mode)
+    if problem:
+        pytest.skip(problem)
+    async with serve(box.db, _settings_for(mode), extra_env=box.env(), cwd=box.work) as s:
+        with pytest.raises(ToolError, match=r"contains this server's state directory.*MCP_"):
+            await s.execute("touch ran", cwd=str(box.root))
+        assert not (box.root / "ran").exists()
+        refused = (await s.call("audit", kind="execute"))["events"][0]
+        assert (refused["decision"], refused["rule"]) == ("refused", "isolation:landlock")
+
+
+async def test_bwrap_mounts_over_the_state_inside_the_cwd(box: Box) -> None:
     problem = _bwrap_problem()
     if problem:
         pytest.skip(problem)
-    work = tmp_path / "work"
-    work.mkdir()
+    async with serve(box.db, {"isolation": "bwrap"}, extra_env=box.env(), cwd=box.work) as s:
+        job = await s.execute(
+            "touch ran; head -c 15 state/jobs.db | grep -q SQLite && echo db-read || echo hidden",
+            cwd=str(box.root),
+        )
+        await s.wait_done(job["id"])
+        assert await s.read_all(job["id"]) == "hidden\n"
+        assert (box.root / "ran").exists()
+
+
+async def test_isolation_bwrap(box: Box) -> None:
+    problem = _bwrap_problem()
+    if problem:
+        pytest.skip(problem)
     marker = Path("/tmp") / f"mcp-bj-host-marker-{os.getpid()}"
     marker.touch()
     with _listener() as port, contextlib.ExitStack() as cleanup:
         cleanup.callback(marker.unlink, missing_ok=True)
-        async with serve(db, {"isolation": "bwrap"}, extra_env={"HOME": "/root"}) as s:
-            job = await s.execute(_probe_script(port) + "; echo pid=$$; ls /tmp", cwd=str(work))
+        async with serve(box.db, {"isolation": "bwrap"}, extra_env=box.env(), cwd=box.work) as s:
+            job = await s.execute(_probe_script(port) + "; echo pid=$$; ls /tmp", cwd=str(box.work))
             done = await s.wait_done(job["id"])
             text = await s.read_all(job["id"])
             assert done["status"] == "completed", text
@@ -584,11 +804,11 @@ async def test_isolation_bwrap(db: Path, tmp_path: Path) -> None:
             assert lines[:4] == ["inside", "etc-readonly", "home-readonly", "net-closed"], text
             assert "pid=2" in lines or "pid=1" in lines  # a PID namespace of its own
             assert marker.name not in text  # a private /tmp
-            assert (work / "here.txt").read_text() == "inside\n"
-            assert not Path("/etc/mcp-bj-escape").exists()
+            assert (box.work / "here.txt").read_text() == "inside\n"
+            assert not ETC_ESCAPE.exists()
 
             # kill reaches everything inside, including a setsid child; the pid is bwrap's
-            tree = await s.execute("setsid sleep 301 & sleep 302 & wait", cwd=str(work))
+            tree = await s.execute("setsid sleep 301 & sleep 302 & wait", cwd=str(box.work))
 
             async def started() -> bool:
                 return len(_job_processes(job_id=tree["id"])) >= 3
@@ -598,22 +818,23 @@ async def test_isolation_bwrap(db: Path, tmp_path: Path) -> None:
             killed = await s.call("kill", job_id=tree["id"], grace_s=1)
             assert killed["status"] == "killed"
             assert _job_processes(job_id=tree["id"]) == set()
-        async with serve(db, {"isolation": "bwrap", "isolation_network": "true"}) as s:
-            job = await s.execute(_probe_script(port), cwd=str(work))
+        settings = {"isolation": "bwrap", "isolation_network": "true"}
+        async with serve(box.db, settings, extra_env=box.env(), cwd=box.work) as s:
+            job = await s.execute(_probe_script(port), cwd=str(box.work))
             await s.wait_done(job["id"])
             assert "net-open" in await s.read_all(job["id"])
 
 
-async def test_isolation_landlock(db: Path, tmp_path: Path) -> None:
+async def test_isolation_landlock(box: Box) -> None:
     abi = landlock_abi()
     if abi < 4:
         pytest.skip(f"Landlock ABI {abi} here; network rules need 4 (Linux 6.7+)")
-    work = tmp_path / "work"
-    work.mkdir()
     with _listener() as port:
-        async with serve(db, {"isolation": "landlock"}, extra_env={"HOME": "/root"}) as s:
+        async with serve(box.db, {"isolation": "landlock"}, extra_env=box.env(),
+                         cwd=box.work) as s:  # fmt: skip
             job = await s.execute(
-                _probe_script(port) + "; echo t > /tmp/mcp-bj-ll && echo tmp-ok", cwd=str(work)
+                _probe_script(port) + "; echo t > /tmp/mcp-bj-ll && echo tmp-ok",
+                cwd=str(box.work),
             )
             done = await s.wait_done(job["id"])
             text = await s.read_all(job["id"])
@@ -621,12 +842,18 @@ async def test_isolation_landlock(db: Path, tmp_path: Path) -> None:
             assert text.splitlines() == [
                 "inside", "etc-readonly", "home-readonly", "net-closed", "tmp-ok",
             ]  # fmt: skip
-            with pytest.raises(ToolError, match="cwd is /"):
-                await s.execute("ls", cwd="/")
-        async with serve(db, {"isolation": "landlock", "isolation_network": "true"}) as s:
-            job = await s.execute(_probe_script(port), cwd=str(work))
+            # a server started in / (as some clients do): its cwd-less jobs run, / read-only
+            name = f"/mcp-bj-escape-{os.getpid()}"
+            job = await s.execute(f"touch {name} || echo read-only", cwd="/")
             await s.wait_done(job["id"])
-            assert "net-open" in await s.read_all(job["id"])
+            assert await s.read_all(job["id"]) == "read-only\n"
+            assert not Path(name).exists()
+        # the default (auto) lets jobs connect out: package managers fetch
+        for settings in ({"isolation": "landlock", "isolation_network": "true"}, {}):
+            async with serve(box.db, settings, extra_env=box.env(), cwd=box.work) as s:
+                job = await s.execute(_probe_script(port), cwd=str(box.work))
+                await s.wait_done(job["id"])
+                assert "net-open" in await s.read_all(job["id"])
     Path("/tmp/mcp-bj-ll").unlink(missing_ok=True)
 
 
@@ -640,3 +867,64 @@ def test_unavailable_isolation_refuses_to_start_and_says_why(db: Path) -> None:
     assert "bubblewrap is not installed" in result.stderr
     assert "apt-get install bubblewrap" in result.stderr
     assert not db.exists(), "the server started before refusing"
+
+
+def test_landlock_refuses_to_start_where_it_cannot_hide_the_state(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"  # in a temp directory, which jobs may write
+    if landlock_abi() < 1:
+        pytest.skip("this kernel has no Landlock")
+    result = subprocess.run(
+        [sys.executable, "-m", "mcp_background_job.cli", "--db", str(db)],
+        env={"PATH": os.environ["PATH"], "MCP_BACKGROUND_JOB_ISOLATION": "landlock"},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot hide the server's state" in result.stderr
+    assert "Keep the database elsewhere" in result.stderr
+
+
+# --- secret env values ----------------------------------------------------------------------------
+
+TOKEN = "tok-e2e-1234567890"
+DB_URL = "postgres://app:pw-e2e-98765@db.internal/app"
+
+
+@needs_sqlite3
+async def test_secret_env_values_are_not_stored_and_rerun_asks_for_them(box: Box) -> None:
+    check = 'test "$API_TOKEN" = ' + TOKEN + ' && test "$DATABASE_URL" = "' + DB_URL + '"'
+    async with serve(box.db, extra_env=box.env(), cwd=box.work) as s:
+        env = {"API_TOKEN": TOKEN, "DATABASE_URL": DB_URL, "MODE": "ci"}
+        job = await s.execute(f"{check} && echo values-ok $MODE", env=env, cwd=str(box.work))
+        done = await s.wait_done(job["id"])
+        assert (done["status"], await s.read_all(job["id"])) == ("completed", "values-ok ci\n")
+        assert done["env_keys"] == ["API_TOKEN", "DATABASE_URL", "MODE"]
+
+        with pytest.raises(ToolError) as info:
+            await s.call("rerun", job_id=job["id"])
+        assert "API_TOKEN, DATABASE_URL" in str(info.value) and "env=" in str(info.value)
+        again = await s.call("rerun", job_id=job["id"],
+                             env={"API_TOKEN": TOKEN, "DATABASE_URL": DB_URL})  # fmt: skip
+        done = await s.wait_done(again["id"])
+        assert (done["status"], done["rerun_of"]) == ("completed", job["id"])
+        assert await s.read_all(again["id"]) == "values-ok ci\n"
+    rows = sqlite_cli(box.db, "select env from jobs order by created_at")
+    assert TOKEN not in str(rows) and "pw-e2e-98765" not in str(rows)
+    for (text,) in rows:  # the names stay, the values are withheld
+        env = json.loads(text)
+        assert env == {"API_TOKEN": "\0withheld", "DATABASE_URL": "\0withheld", "MODE": "ci"}
+
+
+async def test_a_queued_job_with_secrets_taken_over_by_another_server_fails_clearly(
+    box: Box,
+) -> None:
+    settings = {"max_concurrent": "1"}
+    async with serve(box.db, settings, extra_env=box.env(), cwd=box.work) as s:
+        await s.execute("sleep 30", cwd=str(box.work))
+        queued = await s.execute("echo $API_TOKEN", env={"API_TOKEN": TOKEN}, cwd=str(box.work))
+        assert queued["status"] == "queued"
+    # that server stopped; its queued job is taken over by the next one, which never had the value
+    async with serve(box.db, extra_env=box.env(), cwd=box.work) as s:
+        done = await s.wait_done(queued["id"])
+        assert done["status"] == "failed"
+        assert "API_TOKEN" in done["reason"] and "rerun" in done["reason"]
+        assert await s.read_all(queued["id"]) == ""
