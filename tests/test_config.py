@@ -79,6 +79,8 @@ def documented_values(name: str, field: FieldInfo) -> list[tuple[str, Any]]:
         values.append(("/tmp/settings-test/jobs.db", Path("/tmp/settings-test/jobs.db")))
     elif base is str:
         values.append(("/bin/bash", "/bin/bash"))
+    elif name == "isolation_cache_dirs":  # paths as written: absolute, or ~/ (the server's home)
+        values += [('["~/.cache", "/var/cache/x"]', ("~/.cache", "/var/cache/x")), ("[]", ())]
     elif get_origin(base) is tuple and get_args(base)[0] is str:
         values += [('["git *", "make *"]', ("git *", "make *")), ("[]", ())]
     elif get_origin(base) is tuple and get_args(base)[0] is Path:

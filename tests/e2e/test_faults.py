@@ -60,7 +60,12 @@ async def test_an_end_not_recorded_before_a_crash_is_recorded_by_the_next_server
             await wait_for(lambda: not is_running(doomed.pid), message="the server to die")
             release(lock)
     async with start_server(db) as heir:
-        view = await heir.call("status", job_id=job["id"])
+        # The heir reconciles in the background, after it answers initialize.
+        async def settled() -> dict[str, object] | None:
+            view = await heir.call("status", job_id=job["id"])
+            return view if view["status"] != "running" else None
+
+        view = await wait_for(settled, message="the job to be settled")
         assert (view["status"], view["exit_code"], view["reason"]) == ("failed", 3, None), view
         assert (await heir.read_all(job["id"]))[0] == "done\n"
         # Its end time is the exit's, not the heir's start.
