@@ -162,12 +162,16 @@ def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def read_grants(roots: list[str], hidden: list[str]) -> list[str]:
+def read_grants(roots: list[str], hidden: list[str]) -> tuple[list[str], list[str]]:
     """The paths to grant read on so that everything below ``roots`` is readable except the
-    ``hidden`` paths: a root with nothing hidden below it is granted whole; one with hidden paths
-    below it is split into its entries, recursively, and those on the way are not granted.
+    ``hidden`` paths, as (granted whole, listable only): a root with nothing hidden below it is
+    granted whole; one with hidden paths below it is split into its entries, recursively, and the
+    directories on the way get only the right to be listed. Landlock rules reach everything
+    beneath them, so the names in a hidden directory can be listed too, never read: without that
+    right, ``ls /`` and ``ls ~`` failed in every job, and ``find`` stopped at the top.
     Symbolic links are skipped: access through one is checked where it leads."""
     out: list[str] = []
+    way: list[str] = []
 
     def around(path: str, inner: list[str]) -> None:
         if any(_inside(path, h) for h in inner):
@@ -176,6 +180,7 @@ def read_grants(roots: list[str], hidden: list[str]) -> list[str]:
         if not below:
             out.append(path)
             return
+        way.append(path)
         try:
             entries = posix.scandir(path)
         except OSError:
@@ -188,7 +193,7 @@ def read_grants(roots: list[str], hidden: list[str]) -> list[str]:
 
     for root in roots:
         around(root, hidden)
-    return out
+    return out, way
 
 
 def _isdir(path: str) -> bool:
@@ -220,7 +225,8 @@ def apply_landlock(
     if ruleset < 0:
         raise ffi.errno("landlock_create_ruleset")
     file_rights = _FS_EXECUTE | _FS_READ_FILE | _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0)
-    grants = [(p, _READ) for p in read_grants(ro, hide)]
+    whole, way = read_grants(ro, hide)
+    grants = [(p, _READ) for p in whole] + [(p, _FS_READ_DIR) for p in way]
     grants += [(p, handled) for p in rw] + [(p, _DEV) for p in dev]
     try:
         for path, rights in grants:
