@@ -156,8 +156,10 @@ async def test_shells_by_any_name_have_their_input_checked(
     db: Path, tmp_path: Path, job: str
 ) -> None:
     flag = tmp_path / "ran"
-    # allow-with-audit lets `xargs -I{} sh -c {}` start at all; what is typed is still checked
-    async with start_server(db, env=_settings(policy_unparseable="allow-with-audit")) as s:
+    # allow-with-audit lets `xargs -I{} sh -c {}` start at all; what is typed is still checked.
+    # No sandbox: `su` needs the capabilities a sandbox drops, and this is about the policy.
+    env = _settings(policy_unparseable="allow-with-audit", isolation="none")
+    async with start_server(db, env=env) as s:
         started = await s.execute(job, cwd=str(tmp_path))
         await _refused(s, started["id"], f"touch {flag}; rm -rf {SAFE_TARGET}\n", "builtin:rm-root")
         await s.call("kill", job_id=started["id"])  # `script` outlives the end of its input
