@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from mcp_background_job.app import App, decode_chunks, parse_cursor, parse_signal, parse_since
+from mcp_background_job.app import App, decode_chunks, parse_cursor, parse_since
 from mcp_background_job.config import Settings
 from mcp_background_job.db import utcnow
 from mcp_background_job.errors import InvalidRequest, JobNotFound, JobStateError
@@ -347,8 +346,6 @@ def test_parse_helpers() -> None:
     for bad in ("11:0", "-1:0", "1", "a:b", "1:2:3"):
         with pytest.raises(InvalidRequest):
             parse_cursor(bad, job)
-    assert parse_signal("sigkill") is signal.SIGKILL
-    assert parse_signal("15") is signal.SIGTERM
     assert (utcnow() - parse_since("2h")).total_seconds() == pytest.approx(7200, abs=5)
     assert parse_since("2026-01-02").tzinfo is not None
     with pytest.raises(InvalidRequest, match="ISO 8601"):

@@ -174,3 +174,23 @@ def test_a_url_is_refused_with_a_clear_error(
         assert proc.returncode == 2, (args, proc.stderr)
         assert b"is a URL" in proc.stderr and b"Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no "postgresql:" directory, no file
+
+
+def test_building_settings_does_not_load_the_shell_parser() -> None:
+    """Settings compile the policy patterns at start-up, through the light ``patterns`` module:
+    a CLI command that only needs settings must not pay for tree-sitter."""
+    code = (
+        "import sys\n"
+        "from mcp_background_job.config import Settings\n"
+        "Settings(policy_deny=('rm *', 're:^curl .*'), policy_allow=('git *',))\n"
+        "Settings()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('tree_sitter', "
+        "'mcp_background_job.shell', 'mcp_background_job.policy')))\n"
+        "print(loaded)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

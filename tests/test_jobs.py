@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
+from mcp_background_job.errors import InvalidRequest
 from mcp_background_job.jobs import (
     ACTIVE,
     TERMINAL,
@@ -12,6 +15,7 @@ from mcp_background_job.jobs import (
     JobStatus,
     decide_outcome,
     dependency_failure,
+    parse_signal,
     sources_of,
 )
 
@@ -95,3 +99,12 @@ def test_dependency_failure_names_the_dependency(
     status: JobStatus, exit_code: int | None, signal: str | None, reason: str | None, text: str
 ) -> None:
     assert dependency_failure("abc123def456", status, exit_code, signal, reason) == text
+
+
+def test_parse_signal_takes_names_in_any_spelling_and_numbers() -> None:
+    assert parse_signal("sigkill") is signal.SIGKILL
+    assert parse_signal("15") is signal.SIGTERM
+    assert parse_signal(" SIGusr1 ") is signal.SIGUSR1
+    for bad in ("BOGUS", "SIGSEGV", "0", "999", ""):
+        with pytest.raises(InvalidRequest, match="Unknown signal"):
+            parse_signal(bad)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import re
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,7 +32,7 @@ from .config import Settings
 from .db import AUDIT_KINDS, utcnow
 from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited, StorageError
 from .isolation import WITHHELD, Isolation, detect
-from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
+from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream, parse_signal
 from .models import (
     AuditResult,
     AuditView,
@@ -74,7 +73,6 @@ PROGRESS_EVERY_S = 5.0
 MAX_WAIT_JOBS = 500
 _LABEL = re.compile(r"^[\w.:/@+-]{1,64}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SIGNALS = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
 #: Caller-given variables whose values are masked in that job's output, and never stored.
 _SECRET_ENV = re.compile(
     r"(?i)(TOKEN|SECRET|PASSW|PASSPHRASE|API_?KEY|ACCESS_?KEY|CREDENTIAL|AUTH|PRIVATE"
@@ -1627,17 +1625,3 @@ def _until_options() -> re2.Options:
 
 
 _UNTIL_OPTIONS = _until_options()
-
-
-def parse_signal(name: str) -> signal.Signals:
-    key = name.strip().upper().removeprefix("SIG")
-    if key.isdigit():
-        try:
-            return signal.Signals(int(key))
-        except ValueError:
-            pass
-    elif key in _SIGNALS:
-        return signal.Signals[f"SIG{key}"]
-    raise InvalidRequest(
-        f"Unknown signal {name!r}: use one of {', '.join(_SIGNALS)} (or its number)."
-    )

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .patterns import compile_pattern
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -338,8 +340,7 @@ class Settings(BaseSettings):
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Compiled here so a malformed pattern stops the server at start-up (fail closed).
-        from .policy import compile_pattern
-
+        # ``patterns`` is light: building Settings must not load the shell parser (tree-sitter).
         for pattern in value:
             compile_pattern(pattern)
         return value

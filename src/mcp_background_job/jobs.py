@@ -1,6 +1,6 @@
 """The domain vocabulary: job statuses, the allowed transitions, and frozen records.
 
-Pure: no I/O, and nothing else from the package is imported here.
+Pure: no I/O, and nothing else from the package is imported here but ``errors``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import enum
 import signal as _signal
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from .errors import InvalidRequest
 
 
 class JobStatus(enum.StrEnum):
@@ -303,3 +305,22 @@ class AuditEvent:
     detail: dict[str, object] = field(default_factory=dict)
     id: int | None = None
     at: datetime | None = None
+
+
+#: Signals a caller may send to a job by name (any signal may be given by number).
+SIGNAL_NAMES = ("TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT")
+
+
+def parse_signal(name: str) -> _signal.Signals:
+    """``TERM``, ``sigterm``, ``SIGTERM`` or ``15`` -> the signal; anything else is refused."""
+    key = name.strip().upper().removeprefix("SIG")
+    if key.isdigit():
+        try:
+            return _signal.Signals(int(key))
+        except ValueError:
+            pass
+    elif key in SIGNAL_NAMES:
+        return _signal.Signals[f"SIG{key}"]
+    raise InvalidRequest(
+        f"Unknown signal {name!r}: use one of {', '.join(SIGNAL_NAMES)} (or its number)."
+    )
