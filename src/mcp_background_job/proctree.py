@@ -103,6 +103,17 @@ def jobs_trees(
     return _watchdog.find_trees(jobs, exclude=exclude)
 
 
+def live(pids: Iterable[int]) -> set[int]:
+    """Those of ``pids`` that are alive (not zombies), never this process."""
+    me = os.getpid()
+    found = set()
+    for pid in pids:
+        info = read_stat(pid)
+        if pid != me and info is not None and info.state not in ("Z", "X"):
+            found.add(pid)
+    return found
+
+
 def kill_tree(find: Callable[[], set[int]], timeout: float) -> set[int]:
     """Freeze what ``find`` returns (SIGSTOP until no new process appears: a tree that forks
     faster than it is killed cannot grow any more), then SIGKILL until nothing is left. Blocks

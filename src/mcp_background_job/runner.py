@@ -59,7 +59,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,6 +279,7 @@ class Runner:
         proctree.signal_pids(pids - mains, signal.SIGTERM)
         await self._wait_own_done(running, self.settings.shutdown_grace_s)
         left = await asyncio.to_thread(proctree.kill_tree, trees, 5.0) if pids else set()
+        left |= await asyncio.to_thread(self._kill_cgroups, own)
         if left:
             log.warning("shutdown_tree_survived pids=%s", sorted(left)[:50])
         else:
@@ -331,6 +332,20 @@ class Runner:
             self._queued,
             loop.time() - began,
         )
+
+    def _kill_cgroups(self, job_ids: Iterable[str]) -> set[int]:
+        """Kill what is left in the cgroups of ``job_ids`` (what escaped their trees) and remove
+        the groups; returns the pids still alive in them. Blocks: run it in a thread."""
+        cgroups = self.isolation.cgroups
+        left: set[int] = set()
+        if cgroups is None:
+            return left
+        for job_id in job_ids:
+            if not cgroups.kill(job_id):
+                left |= proctree.live(cgroups.procs(job_id))
+            with contextlib.suppress(OSError):  # a zombie not reaped yet: the sweep removes it
+                cgroups.remove(job_id)
+        return left
 
     async def _wait_own_done(self, job_ids: Sequence[str], timeout: float) -> None:
         waiters = [
@@ -752,6 +767,7 @@ class Runner:
         self._running.pop(job_id, None)
         self._set_done(job_id)
         self._wake.set()
+        await self._remove_cgroup(job_id)  # kept while processes it left behind run on
 
     async def _record_end(self, entry: _Running, end: EndRecord) -> Job:
         """One attempt: store the rest of the output (masked), then the final status."""
@@ -904,8 +920,15 @@ class Runner:
         than it is killed stops growing) and KILL it until nothing is left. Kill, timeouts,
         reconciliation and stray processes all stop trees this way."""
 
+        cgroups = self.isolation.cgroups
+
         def tree() -> set[int]:
-            return proctree.job_tree(job.id, job.pid, job.pid_start)
+            pids = proctree.job_tree(job.id, job.pid, job.pid_start)
+            if cgroups is not None:
+                # Its group also holds what left the tree (new session, marker cleared, parent
+                # gone): no process of the job escapes the signal.
+                pids |= proctree.live(cgroups.procs(job.id))
+            return pids
 
         loop = asyncio.get_running_loop()
         pids = await asyncio.to_thread(tree)
@@ -920,9 +943,27 @@ class Runner:
             pids = await asyncio.to_thread(tree)
         if pids:
             pids = await asyncio.to_thread(proctree.kill_tree, tree, _KILL_TIMEOUT_S)
+            if cgroups is not None:
+                # The kernel's own kill of the group (cgroup.kill, or frozen and killed): a fork
+                # racing the sweeps above cannot slip out of it.
+                await asyncio.to_thread(cgroups.kill, job.id)
+                pids = await asyncio.to_thread(tree)
             await self._reap()  # killed orphans are ours to collect; they count as processes
         if pids:
             log.warning("job_tree_survived id=%s pids=%s", job.id, sorted(pids)[:50])
+        else:
+            await self._remove_cgroup(job.id)
+
+    async def _remove_cgroup(self, job_id: str) -> None:
+        """Remove the job's cgroups once nothing is in them (else they stay: a process left
+        behind is still in one; a later try, or the sweep of empty groups, removes them)."""
+        cgroups = self.isolation.cgroups
+        if cgroups is None:
+            return
+        try:
+            await asyncio.to_thread(cgroups.remove, job_id)
+        except OSError as exc:  # not ours to remove, or gone wrong: the sweep tries again
+            log.warning("job_cgroup_not_removed id=%s error=%s", job_id, exc)
 
     # --- stdin and waiting ----------------------------------------------------------------
 
@@ -1331,12 +1372,21 @@ class Runner:
                 if ended and (ended.keys() - looked_at or loop.time() >= next_look):
                     next_look = loop.time() + _LINGER_EVERY_S
                     looked_at = set(ended)
-                    alive = await asyncio.to_thread(proctree.jobs_trees, ended)
-                    for job_id in ended.keys() - alive.keys():
+                    alive = await asyncio.to_thread(self._alive_trees, ended)
+                    for job_id in ended.keys() - alive:
                         self.watchdog.forget(job_id)
                         self.ingester.release(job_id)
+                        await self._remove_cgroup(job_id)
             except Exception:  # task boundary: keep the server going
                 log.exception("maintenance_failed")
+
+    def _alive_trees(self, jobs: dict[str, tuple[int | None, int | None]]) -> set[str]:
+        """Which of ``jobs`` still have processes: in their tree, or in their cgroups."""
+        alive = set(proctree.jobs_trees(jobs))
+        cgroups = self.isolation.cgroups
+        if cgroups is not None:
+            alive.update(j for j in jobs.keys() - alive if proctree.live(cgroups.procs(j)))
+        return alive
 
     async def apply_retention(self) -> PruneResult:
         """Delete ended jobs past the retention settings, in small transactions (see
