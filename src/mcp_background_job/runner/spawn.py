@@ -65,8 +65,8 @@ def spawn(
         out = writers[Stream.STDOUT]
         try:
             if job.pty:
-                popen, terminal, stdin = _spawn_on_terminal(stack, job, env, settings, isolation)
                 _on_failure(stack, lambda: os.close(out))  # the terminal takes it on success
+                popen, terminal, stdin = _spawn_on_terminal(stack, job, env, settings, isolation)
             else:
                 stack.callback(os.close, out)
                 popen, stdin = _spawn_on_pipe(stack, job, env, isolation, writers)
