@@ -1,7 +1,7 @@
 """Faults between the writes of a job's life: a job runs at most once and its true end is
-recorded (see the order of writes in ``runner.py``). Faults are real: a ``sqlite3`` connection
-of another process holding the write lock, triggers in the test's database that make one write
-fail, processes that exit while the server looks away."""
+recorded (see the order of writes in the ``runner`` package's docstring). Faults are real: a
+``sqlite3`` connection of another process holding the write lock, triggers in the test's database
+that make one write fail, processes that exit while the server looks away."""
 
 from __future__ import annotations
 
@@ -321,7 +321,7 @@ async def test_wait_sees_a_kill_of_a_queued_job_by_another_server(tmp_path: Path
         waiting = asyncio.ensure_future(owner.wait(queued.id, timeout_s=40))
         waiting_many = asyncio.ensure_future(owner.wait_many(label="batch", timeout_s=40))
         # Both are waiting (registered with the owner's runner) before the kills.
-        await wait_for(lambda: {queued.id, labelled.id} <= owner.runner._watchers.keys())
+        await wait_for(lambda: {queued.id, labelled.id} <= owner.runner._waits._watchers.keys())
         await other.kill(queued.id)
         await other.kill(labelled.id)
         result = await asyncio.wait_for(waiting, 20)

@@ -23,7 +23,8 @@ the ``prlimit`` path), so every process it forks is counted. Empty job groups ar
 ``remove`` and, after ``SWEEP_AGE_S``, by the sweep each new job runs: a group made a moment ago
 for a job that is about to join it is never swept.
 
-Only the runner (through ``isolation``, which prepares a job's group) calls this module.
+Only the runner calls this module: through ``isolation``, which prepares a job's group, and
+directly to find, kill and remove a job's groups as its tree is stopped or found gone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """Linux process facts from ``/proc``, and signalling a job's whole process tree.
 
-Used by the runner only. A job's tree is every process that is, or descends from, its main
-process, shares its session or group, or carries its ``MCP_BACKGROUND_JOB_ID`` marker in its
-environment; the marker finds children that left with ``setsid``/``nohup`` and were re-parented.
+Only the ``runner`` package signals with it (or finds trees, reaps, watches); elsewhere only
+the read-only facts are used (``is_alive`` of a server, the ``MARKER`` name). A job's tree is
+every process that is, or descends from, its main process, shares its session or group, or
+carries its ``MCP_BACKGROUND_JOB_ID`` marker in its environment; the marker finds children that
+left with ``setsid``/``nohup`` and were re-parented (and a job's cgroup, where it has one, what
+left both: see ``runner.trees``).
 Identity is (pid, start time, boot id): ``pid_max`` is small, so a bare pid may be someone else.
 """
 
@@ -101,6 +104,17 @@ def jobs_trees(
     """The live processes of each of ``jobs`` (id -> main pid and start time) that has any, in
     one pass over /proc: see ``_watchdog.find_trees``."""
     return _watchdog.find_trees(jobs, exclude=exclude)
+
+
+def live(pids: Iterable[int]) -> set[int]:
+    """Those of ``pids`` that are alive (not zombies), never this process."""
+    me = os.getpid()
+    found = set()
+    for pid in pids:
+        info = read_stat(pid)
+        if pid != me and info is not None and info.state not in ("Z", "X"):
+            found.add(pid)
+    return found
 
 
 def kill_tree(find: Callable[[], set[int]], timeout: float) -> set[int]:
