@@ -189,7 +189,7 @@ def _add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
-    from .app import policy_from
+    from .admission import policy_from  # not app: the runner stack is not needed here
 
     words = list(args.words)
     if words and words[0] == "--":

@@ -26,8 +26,8 @@ from typing import Any
 from alembic import command as alembic
 
 from . import db, history, proctree
-from .app import App, parse_since
-from .config import Settings
+from .app import App
+from .config import Settings, parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobStateError, StorageError
 from .history import FileSink
@@ -311,7 +311,7 @@ async def _forward_stdin(app: App, job_id: str) -> None:
                 await app.write_stdin(job_id, data, eof=not data)
                 break
             except JobStateError:
-                job = await app.store.get_job(job_id, events=False)
+                job = await app.job(job_id)
                 if job.status.is_terminal:
                     return
                 await asyncio.sleep(0.05)  # queued, or its stdin buffer is full: try again
@@ -324,8 +324,8 @@ async def kill(args: argparse.Namespace, settings: Settings) -> int:
         raise db.no_database(settings.db)  # not a new database at a mistyped path
     app = await App.open(settings)
     try:
-        job_id = await app.store.resolve_id(args.id)
-        before = await app.store.get_job(job_id, events=False)
+        before = await app.job(args.id)
+        job_id = before.id
         after = await app.kill(job_id, args.signal, args.grace)
     finally:
         await app.close()

@@ -158,6 +158,7 @@ class Runner:
         isolation: Isolation | None = None,
         *,
         check_claimed: ClaimCheck | None = None,
+        on_ended: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -169,7 +170,7 @@ class Runner:
         )
         #: Called with a job's id once its output is all stored and before its final status
         #: (own jobs, and jobs of dead servers taken over): ``App`` masks stored output there.
-        self.on_ended: Callable[[str], Awaitable[None]] | None = None
+        self.on_ended = on_ended
         self.server_id = uuid.uuid4().hex[:12]
         self.boot_id = proctree.boot_id()
         self._hostname = socket.gethostname()
