@@ -40,7 +40,7 @@ from .isolation import WITHHELD, detect
 from .jobs import ACTIVE, JobOptions, JobStatus
 from .masking import Masker
 from .models import ListResult, WaitedJob, WaitManyResult, WaitResult, summary, view
-from .reading import MAX_READ_BYTES, MAX_TAIL_LINES, Reader, RenderChoice, StreamChoice
+from .reading import MAX_READ_BYTES, MAX_TAIL_LINES, Reader
 from .redact import Redactor
 from .runner import Runner
 from .store import JobFilter, Store
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from .isolation import Isolation
     from .jobs import Job
     from .models import AuditResult, InteractResult, JobView, OutputResult, TailResult
+    from .policy import Verdict
+    from .reading import RenderChoice, StreamChoice
     from .store import StatusChange
 
 # What ``server`` takes from here (limits it states in tool descriptions, and the facade).
@@ -199,14 +201,8 @@ class App:
         verdict = await self.admission.admit(command, resolved, client, env)
         # Secret values are never stored: the row keeps their names (see isolation.WITHHELD).
         secret = {k: v for k, v in env.items() if self.masker.is_secret(k, v)}
-        detail: dict[str, object] = {
-            "isolation": self.isolation.mode,
-            "limits": dict(self.isolation.rlimits),
-            "timeout_s": timeout_s if timeout_s is not None else self.settings.default_timeout_s,
-            "env_keys": sorted(env),
-        }
-        if verdict.audit_note:
-            detail["unverified"] = verdict.audit_note
+        timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
+        detail = _execute_detail(self.isolation, timeout, env, verdict)
         # Written with the job, in one transaction, before anything is spawned: an audit row
         # that cannot be written fails the call with nothing created or run, and an error
         # never hides a running job (a client would retry and start a duplicate).
@@ -336,20 +332,7 @@ class App:
         *,
         client: Client | None = None,
     ) -> InteractResult:
-        """Send ``input`` then ``keys`` (then end of input if ``eof``), and return the output
-        that follows once the program is ready again, or at the latest after ``wait_s``:
-
-        - ``until`` (a regex) matched the new output, read as plain text: ``prompt``;
-        - without ``until``: the kernel shows the job blocked reading its terminal or stdin
-          with all input read (twice in a row, output unchanged): ``waiting_for_input``;
-          or, for a program whose reads the kernel does not show (it was not seen waiting
-          before this call), output arrived and then nothing more for ``settle_s`` while no
-          process of the job was running on a CPU: ``quiet``;
-        - the job ended: ``ended``; else ``timeout``.
-
-        With nothing to send, the output starts at the beginning of the line the program is on,
-        so a prompt it printed before this call is shown (and ``until`` can match it).
-        """
+        """See ``interaction.Interaction.interact``: send input, wait until ready, read."""
         return await self.interaction.interact(
             job_id, input, wait_s, eof, until, settle_s, keys, render, client=client
         )
@@ -408,7 +391,8 @@ class App:
         check_wait(timeout_s)
         capped = min(timeout_s, MAX_WAIT_S)
         job_id = await self.store.resolve_id(job_id)
-        waited = await self._until_ended(
+        waited = await until_ended(
+            self.runner,
             [job_id],
             first=False,
             capped=capped,
@@ -438,6 +422,28 @@ class App:
         check_wait(timeout_s)
         if not job_ids and label is None:
             raise InvalidRequest("Pass job_ids, a label, or both: the jobs to wait for.")
+        known, ids = await self._wait_set(job_ids, label)
+        # Jobs that have ended already are not waited for (nor looked up again one by one).
+        running = [j for j in ids if not known[j].status.is_terminal]
+        if return_when == "first" and len(running) < len(ids):
+            running = []
+        waited = await until_ended(
+            self.runner,
+            running,
+            first=return_when == "first",
+            capped=min(timeout_s, MAX_WAIT_S),
+            progress=progress,
+            note=lambda _, left: f"{len(ids) - left} of {len(ids)} jobs ended",
+        )
+        jobs = await self.store.get_jobs(ids)
+        ordered = [jobs[j] for j in ids if j in jobs]  # a job pruned meanwhile is left out
+        return _waited_many(ordered, return_when, waited)
+
+    async def _wait_set(
+        self, job_ids: Sequence[str], label: str | None
+    ) -> tuple[dict[str, Job], list[str]]:
+        """The jobs ``wait_many`` waits for, and their ids in order (given ones first, then the
+        labelled ones, oldest first)."""
         ids = list(dict.fromkeys([await self.store.resolve_id(j) for j in job_ids]))
         if label is not None:
             labelled, _ = await self.store.list_jobs(
@@ -453,72 +459,80 @@ class App:
         missing = set(ids) - known.keys()
         if missing:
             raise JobNotFound(", ".join(sorted(missing)))
-        # Jobs that have ended already are not waited for (nor looked up again one by one).
-        running = [j for j in ids if not known[j].status.is_terminal]
-        if return_when == "first" and len(running) < len(ids):
-            running = []
-        waited = await self._until_ended(
-            running,
-            first=return_when == "first",
-            capped=min(timeout_s, MAX_WAIT_S),
-            progress=progress,
-            note=lambda _, left: f"{len(ids) - left} of {len(ids)} jobs ended",
-        )
-        jobs = await self.store.get_jobs(ids)
-        ordered = [jobs[j] for j in ids if j in jobs]  # a job pruned meanwhile is left out
-        ended = sum(j.status.is_terminal for j in ordered)
-        finished = ended == len(ordered) or (return_when == "first" and ended > 0)
-        counts = dict(Counter(j.status.value for j in ordered))
-        tally = ", ".join(f"{n} {status}" for status, n in counts.items())
-        if finished:
-            message = f"{ended} of {len(ordered)} jobs have ended ({tally})."
-        else:
-            message = (
-                f"{ended} of {len(ordered)} jobs have ended after {waited:.1f} s ({tally}); call "
-                "wait_many again."
-            )
-        return WaitManyResult(
-            finished=finished,
-            waited_s=waited,
-            message=message,
-            counts=counts,
-            jobs=[
-                WaitedJob(id=j.id, status=j.status, exit_code=j.exit_code, signal=j.signal)
-                for j in ordered
-            ],
-        )
+        return known, ids
 
-    async def _until_ended(
-        self,
-        job_ids: Sequence[str],
-        *,
-        first: bool,
-        capped: float,
-        progress: ProgressFn | None,
-        note: Callable[[float, int], str],
-    ) -> float:
-        """Wait until the jobs have all ended (one of them: ``first``) or ``capped`` seconds
-        passed, sending progress every ``PROGRESS_EVERY_S`` with ``note(waited, still
-        running)``. Returns the seconds waited."""
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        pending = {asyncio.ensure_future(self.runner.wait_end(j, capped)) for j in job_ids}
-        try:
-            while pending:
-                left = capped - (loop.time() - began)
-                if left <= 0:
-                    break
-                done, pending = await asyncio.wait(
-                    pending,
-                    timeout=min(PROGRESS_EVERY_S, left),
-                    return_when=asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED,
-                )
-                if first and any(d.result() for d in done):
-                    break
-                if pending and progress is not None:
-                    waited = loop.time() - began
-                    await progress(waited, capped, note(waited, len(pending)))
-        finally:
-            for w in pending:
-                w.cancel()
-        return round(loop.time() - began, 3)
+
+async def until_ended(
+    runner: Runner,
+    job_ids: Sequence[str],
+    *,
+    first: bool,
+    capped: float,
+    progress: ProgressFn | None,
+    note: Callable[[float, int], str],
+) -> float:
+    """Wait until the jobs have all ended (one of them: ``first``) or ``capped`` seconds
+    passed, sending progress every ``PROGRESS_EVERY_S`` with ``note(waited, still
+    running)``. Returns the seconds waited."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    pending = {asyncio.ensure_future(runner.wait_end(j, capped)) for j in job_ids}
+    try:
+        while pending:
+            left = capped - (loop.time() - began)
+            if left <= 0:
+                break
+            done, pending = await asyncio.wait(
+                pending,
+                timeout=min(PROGRESS_EVERY_S, left),
+                return_when=asyncio.FIRST_COMPLETED if first else asyncio.ALL_COMPLETED,
+            )
+            if first and any(d.result() for d in done):
+                break
+            if pending and progress is not None:
+                waited = loop.time() - began
+                await progress(waited, capped, note(waited, len(pending)))
+    finally:
+        for w in pending:
+            w.cancel()
+    return round(loop.time() - began, 3)
+
+
+def _waited_many(ordered: list[Job], return_when: str, waited: float) -> WaitManyResult:
+    """``wait_many``'s answer about the jobs (in the order asked), after ``waited`` seconds."""
+    ended = sum(j.status.is_terminal for j in ordered)
+    finished = ended == len(ordered) or (return_when == "first" and ended > 0)
+    counts = dict(Counter(j.status.value for j in ordered))
+    tally = ", ".join(f"{n} {status}" for status, n in counts.items())
+    if finished:
+        message = f"{ended} of {len(ordered)} jobs have ended ({tally})."
+    else:
+        message = (
+            f"{ended} of {len(ordered)} jobs have ended after {waited:.1f} s ({tally}); call "
+            "wait_many again."
+        )
+    return WaitManyResult(
+        finished=finished,
+        waited_s=waited,
+        message=message,
+        counts=counts,
+        jobs=[
+            WaitedJob(id=j.id, status=j.status, exit_code=j.exit_code, signal=j.signal)
+            for j in ordered
+        ],
+    )
+
+
+def _execute_detail(
+    isolation: Isolation, timeout_s: float | None, env: Mapping[str, str], verdict: Verdict
+) -> dict[str, object]:
+    """The detail of an ``execute`` audit row: the boundary it runs in, never env values."""
+    detail: dict[str, object] = {
+        "isolation": isolation.mode,
+        "limits": dict(isolation.rlimits),
+        "timeout_s": timeout_s,
+        "env_keys": sorted(env),
+    }
+    if verdict.audit_note:
+        detail["unverified"] = verdict.audit_note
+    return detail

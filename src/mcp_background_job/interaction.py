@@ -23,16 +23,18 @@ from . import terminal
 from .checks import MAX_KEYS, MAX_WAIT_S, shown, utf8
 from .errors import InvalidRequest, PolicyRefused
 from .jobs import JobStatus, Stream
-from .models import InteractResult, ReturnedBecause
-from .policy import ShellInput, shell_input_for
+from .models import InteractResult
+from .policy import shell_input_for
 from .proctree import MARKER
-from .reading import MAX_READ_BYTES, RenderChoice, format_cursor, plain_for
+from .reading import MAX_READ_BYTES, format_cursor, plain_for
 from .runner import STDIN_BUFFER_MAX
 
 if TYPE_CHECKING:
     from .admission import Admission, Client
     from .jobs import Job
-    from .reading import Reader
+    from .models import ReturnedBecause
+    from .policy import ShellInput
+    from .reading import Reader, RenderChoice
     from .runner import Runner
     from .store import Store
     from .terminal import Key
@@ -96,7 +98,20 @@ class Interaction:
         *,
         client: Client | None = None,
     ) -> InteractResult:
-        """See ``App.interact``."""
+        """Send ``input`` then ``keys`` (then end of input if ``eof``), and return the output
+        that follows once the program is ready again, or at the latest after ``wait_s``:
+
+        - ``until`` (a regex) matched the new output, read as plain text: ``prompt``;
+        - without ``until``: the kernel shows the job blocked reading its terminal or stdin
+          with all input read (twice in a row, output unchanged): ``waiting_for_input``;
+          or, for a program whose reads the kernel does not show (it was not seen waiting
+          before this call), output arrived and then nothing more for ``settle_s`` while no
+          process of the job was running on a CPU: ``quiet``;
+        - the job ended: ``ended``; else ``timeout``.
+
+        With nothing to send, the output starts at the beginning of the line the program is on,
+        so a prompt it printed before this call is shown (and ``until`` can match it).
+        """
         req = _request(input, wait_s, eof, until, settle_s, keys)
         job = await self.store.get_job(await self.store.resolve_id(job_id))
         if req.only_wait:

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Literal
 
 from . import terminal
 from .errors import InvalidRequest, StorageError
-from .jobs import Chunk, Job, Stream
+from .jobs import Stream
 from .models import OutputResult, TailResult
 from .redact import strip_controls
 
 if TYPE_CHECKING:
+    from .jobs import Chunk, Job
     from .masking import Masker
     from .runner import Runner
     from .store import Store
