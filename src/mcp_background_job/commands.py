@@ -6,8 +6,9 @@ would if they can write it, read-only if they cannot; never created by a typo). 
 same checks and policy apply as for MCP tools, and other servers see it as alive.
 
 Import rule: the top of the command line, beside ``server``. Only ``run`` and ``kill`` use
-``app`` (through its facade: ``App.job``, never ``app.store``; following output is
-``history``'s job, on the store); the other commands use ``history``, ``store`` and ``report``.
+``app`` (imported inside them: the job stack is not loaded to list or show; through its
+facade: ``App.job``, never ``app.store``; following output is ``history``'s job, on the store);
+the other commands use ``history``, ``store`` and ``report``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from alembic import command as alembic
 
 from . import db, history, proctree
-from .app import App
 from .config import parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobStateError, StorageError
@@ -41,6 +41,7 @@ from .report import Report, db_files, ended_how_view, human_bytes, human_duratio
 from .store import JobFilter
 
 if TYPE_CHECKING:
+    from .app import App
     from .config import Settings
     from .jobs import Job, ServerInstance
     from .store import Store
@@ -217,6 +218,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     argv: list[str] = args.argv
     line = argv[0] if len(argv) == 1 else shlex.join(argv)
     env = _env_pairs(args.env or ())
+    from .app import App  # the job stack: only the commands that run or signal a job
+
     app = await App.open(settings)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
@@ -340,6 +343,8 @@ async def _forward_stdin(app: App, job_id: str) -> None:
 async def kill(args: argparse.Namespace, settings: Settings) -> int:
     if not await asyncio.to_thread(db.inspect_file, settings.db):
         raise db.no_database(settings.db)  # not a new database at a mistyped path
+    from .app import App  # the job stack: only the commands that run or signal a job
+
     app = await App.open(settings)
     try:
         before = await app.job(args.id)
