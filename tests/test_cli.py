@@ -469,3 +469,25 @@ def test_logs_into_a_closed_pipe_stops_quietly(db: Path) -> None:
     )
     assert proc.stdout == b"1\n2\n"
     assert b"Traceback" not in proc.stderr and b"Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_policy_check_does_not_load_the_job_stack() -> None:
+    """``policy check`` needs the policy only: importing ``app`` for a helper would load the
+    runner, the capture and the store (the job stack) for every check."""
+    code = (
+        "import sys\n"
+        "from mcp_background_job.cli import main\n"
+        "try:\n"
+        "    main(['policy', 'check', '--', 'ls', '-l'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('mcp_background_job.'))\n"
+        "print(' '.join(loaded), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60
+    )
+    loaded = done.stderr.strip().splitlines()[-1].split()
+    assert "mcp_background_job.policy" in loaded, done.stderr
+    for stack in ("app", "runner", "capture", "store", "interaction", "reading"):
+        assert f"mcp_background_job.{stack}" not in loaded, loaded

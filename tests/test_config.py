@@ -15,7 +15,9 @@ import annotated_types
 import pytest
 from pydantic.fields import FieldInfo
 
-from mcp_background_job.config import Settings, parse_size
+from mcp_background_job.config import Settings, parse_since, parse_size
+from mcp_background_job.db import utcnow
+from mcp_background_job.errors import InvalidRequest
 
 PREFIX = "MCP_BACKGROUND_JOB_"
 #: Values some settings need from others (allow-list mode refuses an empty allow list).
@@ -194,3 +196,10 @@ def test_building_settings_does_not_load_the_shell_parser() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_parse_since() -> None:
+    assert (utcnow() - parse_since("2h")).total_seconds() == pytest.approx(7200, abs=5)
+    assert parse_since("2026-01-02").tzinfo is not None
+    with pytest.raises(InvalidRequest, match="ISO 8601"):
+        parse_since("yesterday")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_background_job.app import App, Client, TokenBucket, audit_text
+from mcp_background_job.admission import Client, TokenBucket, audit_text
+from mcp_background_job.app import App
 from mcp_background_job.config import Settings
 from mcp_background_job.errors import PolicyRefused, RateLimited
 from mcp_background_job.jobs import Stream

@@ -2,7 +2,8 @@
 
 Parsing is argparse (stdlib, fast ``--help``); the commands live in ``commands`` and print with
 ``report`` (rich). Nothing here imports fastmcp except ``serve``, and nothing imports the
-database layer before a command needs it.
+database layer before a command needs it: the modules of each command are imported inside it
+(``policy check`` takes ``admission.policy_from``, not ``app``: no runner stack for a check).
 
 Exit codes: 0 done; 1 it could not be done (storage, a job in the wrong state); 2 a usage error
 (bad arguments, unknown or ambiguous job id); ``run`` exits with the job's own exit status.
@@ -16,7 +17,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -71,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help, **kw)
 
+    _add_read_commands(command)
+    _add_job_commands(command)
+    _add_db_commands(command, common)
+    _add_security_commands(sub, common)
+    return parser
+
+
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _add_read_commands(command: Command) -> None:
+    """``serve`` and the commands that read the history: list, show, logs."""
     serve = command("serve", "Run the MCP server on stdio (the default).")
     serve.add_argument("--max-concurrent", type=int, help="Running jobs at once.")
     serve.add_argument("--shell", help="Shell used as SHELL -c COMMAND.")
@@ -104,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="Go on until the job ends.")
     logs.add_argument("-n", "--tail", type=int, metavar="N", help="Only the last N lines.")
 
+
+def _add_job_commands(command: Command) -> None:
+    """The commands that act on jobs (run, kill) and ``stats``."""
     run = command(
         "run",
         "Run a job here and wait for it: its output streams to this terminal, Ctrl-C stops it, "
@@ -132,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--longest", type=int, default=5, help="Longest jobs listed (default 5).")
     stats.add_argument("--json", action="store_true", help="JSON for scripts.")
 
+
+def _add_db_commands(command: Command, common: argparse.ArgumentParser) -> None:
+    """``db``: schema migrations, pruning, vacuum."""
     dbp = command("db", "The database: schema migrations, pruning, vacuum.")
     dbsub = dbp.add_subparsers(dest="db_cmd", metavar="ACTION", required=True)
 
@@ -152,8 +171,6 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--keep-failed", action="store_true", help="Keep failed/timed-out jobs.")
     prune.add_argument("--dry-run", action="store_true", help="Only say what would be deleted.")
     action("vacuum", "Give the space of deleted rows back to the disk (rewrites the file).")
-    _add_security_commands(sub, common)
-    return parser
 
 
 # --- security: `policy check` and `audit` (self-contained, see cli_security below) ---------------
@@ -189,7 +206,7 @@ def _add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
-    from .app import policy_from
+    from .admission import policy_from  # not app: the runner stack is not needed here
 
     words = list(args.words)
     if words and words[0] == "--":

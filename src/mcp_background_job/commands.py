@@ -4,6 +4,11 @@ Reading commands open the database through ``history.open_existing`` (migrated l
 would if they can write it, read-only if they cannot; never created by a typo). ``run`` and
 ``kill`` open an ``App``: for their duration this process is a server on the database, so the
 same checks and policy apply as for MCP tools, and other servers see it as alive.
+
+Import rule: the top of the command line, beside ``server``. Only ``run`` and ``kill`` use
+``app`` (imported inside them: the job stack is not loaded to list or show; through its
+facade: ``App.job``, never ``app.store``; following output is ``history``'s job, on the store);
+the other commands use ``history``, ``store`` and ``report``.
 """
 
 from __future__ import annotations
@@ -18,23 +23,28 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command as alembic
 
 from . import db, history, proctree
-from .app import App, parse_since
-from .config import Settings
+from .config import parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobStateError, StorageError
 from .history import FileSink
-from .jobs import Job, JobStatus, ServerInstance, Stream
+from .jobs import JobStatus, Stream
 from .models import summary, view
 from .report import Report, db_files, ended_how_view, human_bytes, human_duration, output_text
-from .store import JobFilter, Store
+from .store import JobFilter
+
+if TYPE_CHECKING:
+    from .app import App
+    from .config import Settings
+    from .jobs import Job, ServerInstance
+    from .store import Store
 
 #: ``run``'s exit status for a job that ran out of time, as GNU ``timeout`` does.
 EXIT_TIMED_OUT = 124
@@ -207,12 +217,9 @@ async def audit(args: argparse.Namespace, settings: Settings) -> int:
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     argv: list[str] = args.argv
     line = argv[0] if len(argv) == 1 else shlex.join(argv)
-    env: dict[str, str] = {}
-    for pair in args.env or ():
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise InvalidRequest(f"--env {pair!r}: use NAME=VALUE.")
-        env[name] = value
+    env = _env_pairs(args.env or ())
+    from .app import App  # the job stack: only the commands that run or signal a job
+
     app = await App.open(settings)
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[Any]] = set()
@@ -252,14 +259,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             app.store, job_id, list(Stream), pos, sink, poll_s=0.05, check_owner=False
         )
         if not args.quiet:
-            end = view(job, utcnow())
-            how = ended_how_view(end)
-            _note(
-                f"job {job_id} {job.status}"
-                + (f" ({how})" if how != "-" else "")
-                + (f": {job.reason}" if job.reason else "")
-                + f" after {human_duration(end.duration_s)}"
-            )
+            _note(_ended_note(job))
         return exit_status(job)
     finally:
         for signum in caught:
@@ -268,6 +268,27 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await app.close()
+
+
+def _env_pairs(pairs: Iterable[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidRequest(f"--env {pair!r}: use NAME=VALUE.")
+        env[name] = value
+    return env
+
+
+def _ended_note(job: Job) -> str:
+    end = view(job, utcnow())
+    how = ended_how_view(end)
+    return (
+        f"job {job.id} {job.status}"
+        + (f" ({how})" if how != "-" else "")
+        + (f": {job.reason}" if job.reason else "")
+        + f" after {human_duration(end.duration_s)}"
+    )
 
 
 def exit_status(job: Job) -> int:
@@ -311,7 +332,7 @@ async def _forward_stdin(app: App, job_id: str) -> None:
                 await app.write_stdin(job_id, data, eof=not data)
                 break
             except JobStateError:
-                job = await app.store.get_job(job_id, events=False)
+                job = await app.job(job_id)
                 if job.status.is_terminal:
                     return
                 await asyncio.sleep(0.05)  # queued, or its stdin buffer is full: try again
@@ -322,10 +343,12 @@ async def _forward_stdin(app: App, job_id: str) -> None:
 async def kill(args: argparse.Namespace, settings: Settings) -> int:
     if not await asyncio.to_thread(db.inspect_file, settings.db):
         raise db.no_database(settings.db)  # not a new database at a mistyped path
+    from .app import App  # the job stack: only the commands that run or signal a job
+
     app = await App.open(settings)
     try:
-        job_id = await app.store.resolve_id(args.id)
-        before = await app.store.get_job(job_id, events=False)
+        before = await app.job(args.id)
+        job_id = before.id
         after = await app.kill(job_id, args.signal, args.grace)
     finally:
         await app.close()

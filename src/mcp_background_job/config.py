@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import InvalidRequest
 from .patterns import compile_pattern
 
 MiB = 1024 * 1024
@@ -67,6 +68,35 @@ def parse_age(text: str) -> timedelta:
     if m is None:
         raise ValueError(f"{text!r} is not an age: use a number and a unit, e.g. 30d, 12h, 90m")
     return timedelta(seconds=float(m[1]) * _AGE_UNITS[m[2]])
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO 8601 time (UTC if no zone) or an age such as ``30m``, ``2h``, ``7d``. An age
+    reaching back past year 1 means every job (it is not an error)."""
+    if m := _AGE.match(text):
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(m[1]) * _AGE_UNITS[m[2]])
+        except OverflowError:
+            return _EARLIEST
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        shown = repr(text)
+        if len(shown) > 60:  # quoted, escaped and cut, as checks.shown shows a value
+            shown = f"{shown[:60]}... ({len(text)} characters)"
+        raise InvalidRequest(
+            f"since {shown} is not a time: use ISO 8601 (2026-11-25T10:00:00Z) or an age "
+            "such as 30m, 2h, 7d."
+        ) from None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)  # the database compares UTC times
+    except OverflowError:  # within a day of year 1 or of year 9999
+        return _EARLIEST if when.year == 1 else datetime.max.replace(tzinfo=UTC)
 
 
 def parse_size(text: str) -> int:

@@ -1,6 +1,8 @@
 """Reading the history for people: byte-exact copies of stored output, the last lines of it, and
 following a job's output while a server stores it. Used by the command line: no MCP here, and
 no process is touched (the owner's liveness is only read from ``/proc``).
+
+Import rule: reads through ``store``; imports neither ``app`` nor ``runner`` nor ``report``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, TextIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TextIO
 
 from . import proctree
 from .errors import JobStateError
-from .jobs import Chunk, Job, Stream
+from .jobs import Chunk, Stream
 from .store import Store
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 #: Most bytes fetched from the database per read while copying output.
 COPY_READ_BYTES = 4 * 1024 * 1024

@@ -3,6 +3,9 @@
 On a terminal: colors, aligned tables, local times relative to now, long commands cut to the
 width. Piped: the same tables without colors or lines, full ids, UTC times in ISO 8601, nothing
 cut, no trailing spaces. ``NO_COLOR`` and ``FORCE_COLOR`` are honoured (rich reads them).
+
+Import rule: presentation only; at run time ``jobs`` and ``models`` alone from the package (the
+store's records are only named in annotations); it never opens the database.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ import codecs
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .jobs import Chunk, Job, JobStatus, Stream
-from .models import JobView, duration
-from .store import Stats
+from .jobs import JobStatus, Stream
+from .models import duration
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from .jobs import Chunk, Job
+    from .models import JobView
+    from .store import Stats
 
 STATUS_STYLE = {
     JobStatus.QUEUED: "dim",

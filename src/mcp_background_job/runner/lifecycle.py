@@ -92,15 +92,6 @@ class Runner:
             boot_id=self.boot_id, hostname=socket.gethostname(), on_ended=on_ended,
         )  # fmt: skip
 
-    @property
-    def on_ended(self) -> OnEnded | None:
-        """See ``__init__``; also settable until ``App`` passes it to the constructor."""
-        return self._ends.on_ended
-
-    @on_ended.setter
-    def on_ended(self, callback: OnEnded | None) -> None:
-        self._ends.on_ended = self._upkeep.on_ended = callback
-
     # --- life of the runner ---------------------------------------------------------------
 
     async def start(self) -> None:
