@@ -33,7 +33,7 @@ from .config import Settings
 from .db import AUDIT_KINDS, utcnow
 from .errors import InvalidRequest, JobNotFound, PolicyRefused, RateLimited, StorageError
 from .isolation import WITHHELD, Isolation, detect
-from .jobs import ACTIVE, AuditEvent, Chunk, Job, JobOptions, JobStatus, Stream
+from .jobs import ACTIVE, AuditEvent, AuditKind, Chunk, Job, JobOptions, JobStatus, Stream
 from .models import (
     AuditResult,
     AuditView,
@@ -366,7 +366,7 @@ class App:
 
     async def _audit(
         self,
-        kind: str,
+        kind: AuditKind,
         client: Client | None,
         *,
         command: str | None = None,
@@ -1373,7 +1373,7 @@ def admission_verdict(
 
 def audit_event(
     redactor: Redactor,
-    kind: str,
+    kind: AuditKind,
     server_id: str,
     client: Client | None,
     *,

@@ -597,12 +597,10 @@ class Runner:
                 JobStatus.RUNNING,
                 server_id=self.server_id,
                 only_from=frozenset({JobStatus.QUEUED}),
-                values={
-                    "pid": popen.pid,
-                    "pid_start": entry.pid_start,
-                    "boot_id": self.boot_id,
-                    "started_at": spawned_at,
-                },
+                pid=popen.pid,
+                pid_start=entry.pid_start,
+                boot_id=self.boot_id,
+                started_at=spawned_at,
             )
             log.info("job_started id=%s pid=%d pty=%s", job.id, popen.pid, job.pty)
             if job.timeout_s is not None:
@@ -774,7 +772,9 @@ class Runner:
                 reason=f"failed to start: its start could not be recorded ({entry.start_failed})"
                 "; it was stopped",
                 only_from=ACTIVE,
-                values={"exit_code": exit_code, "signal": sig, "ended_at": end.ended_at},
+                exit_code=exit_code,
+                signal=sig,
+                ended_at=end.ended_at,
             )
         return await self.store.record_exit(
             job_id, end.returncode, end.ended_at, server_id=self.server_id, disk_full=end.disk_full
