@@ -226,7 +226,8 @@ async def test_a_stopped_servers_job_gets_the_true_end_left_in_its_end_file(
         "aaa000000001",
         JobStatus.RUNNING,
         server_id=server.id,
-        values={"pid": gone.pid, "pid_start": None, "boot_id": proctree.boot_id()},
+        pid=gone.pid,
+        boot_id=proctree.boot_id(),
     )
     # What a server leaves when it stops while the end cannot be written: output in the spool
     # file, the exit status in an end file; and it is marked stopped.

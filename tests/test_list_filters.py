@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import pytest
 
-from mcp_background_job import store as store_module
 from mcp_background_job.db import utcnow
 from mcp_background_job.jobs import JobStatus, ServerInstance
 from mcp_background_job.store import JobFilter, Store, search_match
+from mcp_background_job.store import listing as store_module
 
 from .fixtures.schema import assert_search_in_sync
 

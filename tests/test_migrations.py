@@ -15,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from mcp_background_job import db
+from mcp_background_job.db import migrate as db_migrate
 from mcp_background_job.errors import StorageError
 from mcp_background_job.jobs import Stream
 from mcp_background_job.store import Store
@@ -249,7 +250,7 @@ def downgrade():
 """,
     )
     path = make_db(tmp_path / "jobs.db", "0001")
-    monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
+    monkeypatch.setattr(db_migrate, "migrations_dir", lambda: scripts)
     _migrate(path, "head")
     assert _revision(path) == "9999"
     con = sqlite3.connect(path)
@@ -370,7 +371,7 @@ def downgrade():
     )
     head = ScriptDirectory(str(db.migrations_dir())).get_current_head()
     assert head is not None
-    monkeypatch.setattr(db, "migrations_dir", lambda: scripts)
+    monkeypatch.setattr(db_migrate, "migrations_dir", lambda: scripts)
     path = make_db(tmp_path / "jobs.db", head)
     con = sqlite3.connect(path)
     with con:

@@ -36,11 +36,9 @@ async def _orphan_job(store: Store, settings: Settings, server: ServerInstance, 
         job_id,
         JobStatus.RUNNING,
         server_id=server.id,
-        values={
-            "pid": proc.pid,
-            "pid_start": proctree.start_time(proc.pid),
-            "boot_id": proctree.boot_id(),
-        },
+        pid=proc.pid,
+        pid_start=proctree.start_time(proc.pid),
+        boot_id=proctree.boot_id(),
     )
     return proc
 

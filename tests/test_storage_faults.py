@@ -23,6 +23,7 @@ from mcp_background_job.config import Settings
 from mcp_background_job.errors import InvalidRequest, StorageError
 from mcp_background_job.jobs import AuditEvent
 from mcp_background_job.store import Store
+from mcp_background_job.store.writer import Writer
 
 from .fixtures.make_db import make_db
 from .storage_helpers import (
@@ -103,7 +104,7 @@ def test_a_missing_parent_directory(tmp_path: Path) -> None:
 async def test_a_writer_that_cannot_connect_fails_every_unit(tmp_path: Path) -> None:
     path = make_bad_file("text", tmp_path / "notes.db")
     engine = db.make_sync_engine(path)
-    writer = db.Writer(engine)
+    writer = Writer(engine)
     try:
         units = [asyncio.ensure_future(writer.run(lambda c: 1)) for _ in range(5)]
         results = await asyncio.wait_for(asyncio.gather(*units, return_exceptions=True), 10)
@@ -122,7 +123,7 @@ class _Crash(BaseException):
 
 async def test_a_writer_thread_that_dies_in_a_unit_fails_every_unit(tmp_path: Path) -> None:
     engine = db.make_sync_engine(tmp_path / "w.db")
-    writer = db.Writer(engine)
+    writer = Writer(engine)
 
     def crash(_conn: object) -> None:
         raise _Crash("boom")

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import dataclasses
+import inspect
 import sqlite3
 import threading
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
-from mcp_background_job.db import utcnow
+import mcp_background_job
+from mcp_background_job import db
+from mcp_background_job.db import AuditEventRow, JobRow, utcnow
 from mcp_background_job.errors import (
     InvalidRequest,
     JobNotFound,
     StorageError,
     TransitionConflict,
 )
-from mcp_background_job.jobs import EndCause, JobOptions, JobStatus, ServerInstance, Stream
-from mcp_background_job.store import JobFilter, OutputBatch, QueueState, Store
+from mcp_background_job.jobs import (
+    AUDIT_KINDS,
+    AuditEvent,
+    AuditKind,
+    EndCause,
+    JobOptions,
+    JobStatus,
+    ServerInstance,
+    Stream,
+)
+from mcp_background_job.models import AuditView
+from mcp_background_job.store import (
+    JobFilter,
+    NewChunk,
+    OutputBatch,
+    QueueState,
+    Store,
+    StreamCounters,
+)
 
 from .conftest import wait_for
 
@@ -55,10 +78,8 @@ async def test_create_records_a_queued_event(store: Store) -> None:
 
 async def test_transitions_are_guarded_and_logged(store: Store) -> None:
     await _job(store, "aaa000000001")
-    await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s", values={"pid": 7})
-    job = await store.transition(
-        "aaa000000001", JobStatus.COMPLETED, server_id="s", values={"exit_code": 0}
-    )
+    await store.transition("aaa000000001", JobStatus.RUNNING, server_id="s", pid=7)
+    job = await store.transition("aaa000000001", JobStatus.COMPLETED, server_id="s", exit_code=0)
     assert job.pid == 7 and job.exit_code == 0 and job.ended_at is not None
     assert job == await store.get_job("aaa000000001", events=False)
     job = await store.get_job("aaa000000001")
@@ -141,11 +162,14 @@ async def test_output_reads_forward_interleaved_and_backwards(store: Store) -> N
             OutputBatch(
                 "aaa000000001",
                 chunks=[
-                    (Stream.STDOUT, 0, 0, b"one\ntwo\n"),
-                    (Stream.STDERR, 1, 0, b"warn\n"),
-                    (Stream.STDOUT, 2, 8, b"three\n"),
+                    NewChunk(Stream.STDOUT, 0, 0, b"one\ntwo\n"),
+                    NewChunk(Stream.STDERR, 1, 0, b"warn\n"),
+                    NewChunk(Stream.STDOUT, 2, 8, b"three\n"),
                 ],
-                counters={"stdout_bytes": 14, "stdout_stored": 14, "stderr_bytes": 5},
+                counters=[
+                    StreamCounters(Stream.STDOUT, written=14, stored=14, dropped=0),
+                    StreamCounters(Stream.STDERR, written=5, stored=0, dropped=0),
+                ],
             )
         ]
     )
@@ -171,7 +195,10 @@ async def test_read_stream_jumps_over_a_dropped_gap(store: Store) -> None:
         [
             OutputBatch(
                 "aaa000000001",
-                chunks=[(Stream.STDOUT, 0, 0, b"head"), (Stream.STDOUT, 1, 100, b"tail")],
+                chunks=[
+                    NewChunk(Stream.STDOUT, 0, 0, b"head"),
+                    NewChunk(Stream.STDOUT, 1, 100, b"tail"),
+                ],
             )
         ]
     )
@@ -197,9 +224,9 @@ async def _queued(store: Store, job_id: str, owner: str, **options: Any) -> None
     )  # fmt: skip
 
 
-async def _end(store: Store, job_id: str, status: JobStatus, **values: Any) -> None:
+async def _end(store: Store, job_id: str, status: JobStatus, exit_code: int | None) -> None:
     await store.transition(job_id, JobStatus.RUNNING, server_id="s")
-    await store.transition(job_id, status, server_id="s", values=values or None)
+    await store.transition(job_id, status, server_id="s", exit_code=exit_code)
 
 
 async def test_queue_starts_highest_priority_first_then_oldest(store: Store) -> None:
@@ -296,7 +323,8 @@ async def _hold_writer(writer: Any) -> tuple[asyncio.Future[Any], threading.Even
 
 
 def _writer(tmp_path: Any) -> Any:
-    from mcp_background_job.db import Writer, make_sync_engine
+    from mcp_background_job.db import make_sync_engine
+    from mcp_background_job.store.writer import Writer
 
     engine = make_sync_engine(tmp_path / "w.db")
     return Writer(engine), engine
@@ -352,3 +380,88 @@ async def test_writer_finishes_a_cancelled_callers_write_and_refuses_after_close
     with pytest.raises(StorageError, match="closed"):
         await writer.run(lambda c: None)
     engine.dispose()
+
+
+# --- one definition per record; typed writes -------------------------------------------------
+
+
+async def test_the_audit_record_is_one_definition_stored_and_shown_whole(store: Store) -> None:
+    """``AuditEvent`` is the record: the table has its columns, the tool's view its fields, and
+    an event with every field set comes back from the store (and into the view) unchanged."""
+    event_fields = [f.name for f in dataclasses.fields(AuditEvent)]
+    assert set(event_fields) == {c.name for c in AuditEventRow.__table__.columns}
+    assert set(AuditView.model_fields) == set(event_fields)
+    assert AuditView.model_fields["kind"].annotation == AuditKind
+    assert get_args(AuditKind) == AUDIT_KINDS and db.AUDIT_KINDS is AUDIT_KINDS
+    await _job(store, "aaa000000001")
+    for kind in AUDIT_KINDS:
+        given = AuditEvent(
+            kind=kind, server_id="srv1", decision="refused", rule="deny:rm", matched="rm -rf",
+            job_id="aaa000000001", command="rm -rf /", cwd="/tmp", client_name="c",
+            client_version="1.0", session_id="sess", detail={"n": 3, "flag": True},
+        )  # fmt: skip
+        recorded = await store.record_audit(given)
+        assert recorded.id is not None and recorded.at is not None
+        assert dataclasses.replace(recorded, id=None, at=None) == given
+        (listed,) = await store.list_audit(kind=kind, limit=1)
+        assert listed == recorded
+        view = AuditView.of(listed).model_dump()
+        assert view == {f: getattr(listed, f) for f in event_fields}
+    with pytest.raises(sqlite3.IntegrityError):
+        # The CHECK constraint holds the column to the same kinds.
+        con = sqlite3.connect(store.path)
+        with con:
+            con.execute(
+                "insert into audit_events (at, server_id, kind, detail) "
+                "values ('2026-01-01 00:00:00', 's', 'nonsense', '{}')"
+            )
+
+
+async def test_output_counters_are_typed_per_stream(store: Store) -> None:
+    """A counter update names a stream and its three counters; it leaves the other stream."""
+    await _job(store, "aaa000000001")
+    batch = OutputBatch("aaa000000001")
+    batch.counters.append(StreamCounters(Stream.STDOUT, written=10, stored=6, dropped=4))
+    await store.write_output([batch])
+    batch = OutputBatch("aaa000000001", counters=[StreamCounters(Stream.STDERR, 3, 2, 1)])
+    await store.write_output([batch])
+    job = await store.get_job("aaa000000001")
+    assert (job.stdout_bytes, job.stdout_stored, job.stdout_dropped) == (10, 6, 4)
+    assert (job.stderr_bytes, job.stderr_stored, job.stderr_dropped) == (3, 2, 1)
+
+
+async def test_transition_records_typed_values_and_none_leaves_them(store: Store) -> None:
+    await _job(store, "aaa000000001")
+    at = utcnow() - timedelta(seconds=5)
+    job = await store.transition(
+        "aaa000000001", JobStatus.RUNNING, server_id="s", pid=42, pid_start=7, boot_id="b",
+        started_at=at,
+    )  # fmt: skip
+    assert (job.pid, job.pid_start, job.boot_id, job.started_at) == (42, 7, "b", at)
+    ended = await store.transition(
+        "aaa000000001", JobStatus.FAILED, server_id="s", reason="why", signal="SIGTERM"
+    )
+    assert ended == await store.get_job("aaa000000001", events=False)
+    assert (ended.pid, ended.started_at, ended.exit_code, ended.signal) == (42, at, None, "SIGTERM")
+    assert ended.reason == "why" and ended.ended_at is not None and ended.ended_at > at
+    params = inspect.signature(Store.transition).parameters
+    assert "values" not in params
+    assert all("Mapping" not in str(p.annotation) for p in params.values())
+
+
+def test_capture_and_runner_do_not_name_the_jobs_columns() -> None:
+    """Only the store names columns: the modules that write output and status changes pass
+    typed values (a dict keyed by column names, or a name built from a stream, would be a
+    second place that knows the table)."""
+    src = Path(mcp_background_job.__file__).parent
+    columns = {c.name for c in JobRow.__table__.columns} - {"id", "command", "status", "signal"}
+    modules = [*src.glob("capture*.py"), *src.glob("runner*.py"), *src.glob("runner/*.py")]
+    assert modules
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                assert not keys & columns, f"{path.name}:{node.lineno} names {keys & columns}"
+            if isinstance(node, ast.JoinedStr):
+                tail = "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
+                assert tail not in ("_bytes", "_stored", "_dropped"), f"{path.name}:{node.lineno}"

@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .checks import MAX_EVENT_ID
 from .config import parse_since
-from .db import AUDIT_KINDS
 from .errors import InvalidRequest, PolicyRefused, RateLimited
-from .jobs import AuditEvent
+from .jobs import AUDIT_KINDS, AuditEvent
 from .models import AuditResult, AuditView
 from .policy import Policy, Verdict
 from .proctree import MARKER
@@ -33,7 +32,7 @@ from .proctree import MARKER
 if TYPE_CHECKING:
     from .config import Settings
     from .isolation import Isolation
-    from .jobs import Job
+    from .jobs import AuditKind, Job
     from .redact import Redactor
     from .store import Store
 
@@ -128,7 +127,7 @@ class Admission:
 
     def event(
         self,
-        kind: str,
+        kind: AuditKind,
         client: Client | None,
         *,
         command: str | None = None,
@@ -152,7 +151,7 @@ class Admission:
 
     async def audit(
         self,
-        kind: str,
+        kind: AuditKind,
         client: Client | None,
         *,
         command: str | None = None,
@@ -292,7 +291,7 @@ def admission_verdict(
 
 def audit_event(
     redactor: Redactor,
-    kind: str,
+    kind: AuditKind,
     server_id: str,
     client: Client | None,
     *,

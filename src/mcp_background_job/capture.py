@@ -50,7 +50,7 @@ from pathlib import Path
 from .config import Settings
 from .db import lower_thread_priority, make_private_dirs
 from .jobs import Job, Stream
-from .store import OutputBatch, Store
+from .store import Drop, NewChunk, OutputBatch, Store, StreamCounters
 
 log = logging.getLogger(__name__)
 
@@ -554,7 +554,7 @@ class Ingester:
         plans = []
         for cap in caps:
             plan = self._plan(cap, budget)
-            budget -= sum(len(c[3]) for c in plan.batch.chunks)
+            budget -= sum(len(c.data) for c in plan.batch.chunks)
             plans.append(plan)
         return plans
 
@@ -582,7 +582,7 @@ class Ingester:
                 data = os.pread(st.fd, want, st.offset)
                 if not data:
                     break
-                batch.chunks.append((stream, seq, st.offset, data))
+                batch.chunks.append(NewChunk(stream, seq, st.offset, data))
                 if st.offset >= self._head:
                     st.tail.append((st.offset, len(data)))
                 seq += 1
@@ -592,13 +592,7 @@ class Ingester:
             self._trim(stream, st, batch)
             more = more or st.offset < size
             if st.offset != start:
-                batch.counters.update(
-                    {
-                        f"{stream}_bytes": st.offset,
-                        f"{stream}_stored": st.stored,
-                        f"{stream}_dropped": st.dropped,
-                    }
-                )
+                batch.counters.append(StreamCounters(stream, st.offset, st.stored, st.dropped))
         return _Plan(cap, batch, states, seq, more)
 
     def _trim(self, stream: Stream, st: StreamState, batch: OutputBatch) -> None:
@@ -612,7 +606,7 @@ class Ingester:
             st.stored -= n
             st.dropped += n
         if lo is not None and hi is not None:
-            batch.drops.append((stream, lo, hi))
+            batch.drops.append(Drop(stream, lo, hi))
 
     def _punch(self, st: StreamState) -> None:
         end = st.offset - st.offset % _BLOCK

@@ -9,6 +9,7 @@ import enum
 import signal as _signal
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal, get_args
 
 from .errors import InvalidRequest
 
@@ -282,16 +283,23 @@ class ServerInstance:
     stopped_at: datetime | None
 
 
+#: What an audit event is about; a CHECK constraint keeps the column to these.
+AuditKind = Literal["execute", "kill", "interact", "rate_limited", "policy_loaded"]
+AUDIT_KINDS: tuple[AuditKind, ...] = get_args(AuditKind)
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """A security-relevant event as recorded (``id`` and ``at`` are set by the store).
 
-    ``kind``: execute | kill | interact | rate_limited | policy_loaded. ``decision``/``rule``/
-    ``matched``: the policy's answer for an execute. ``client_*``/``session_id``: what the MCP
-    client said about itself (self-reported). ``detail``: small JSON-able facts, never secrets.
+    The one definition of the audit record: the table (``db.AuditEventRow``), the store's
+    mapping and the tool's view (``models.AuditView``) follow its fields, which
+    ``tests/test_store.py`` checks. ``decision``/``rule``/``matched``: the policy's answer for
+    an execute. ``client_*``/``session_id``: what the MCP client said about itself
+    (self-reported). ``detail``: small JSON-able facts, never secrets.
     """
 
-    kind: str
+    kind: AuditKind
     server_id: str
     decision: str | None = None
     rule: str | None = None

@@ -208,7 +208,9 @@ class Ends:
                 reason=f"failed to start: its start could not be recorded ({entry.start_failed})"
                 "; it was stopped",
                 only_from=ACTIVE,
-                values={"exit_code": exit_code, "signal": sig, "ended_at": end.ended_at},
+                exit_code=exit_code,
+                signal=sig,
+                ended_at=end.ended_at,
             )
         return await self.store.record_exit(
             job_id, end.returncode, end.ended_at, server_id=self.server_id, disk_full=end.disk_full

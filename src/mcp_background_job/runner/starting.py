@@ -274,12 +274,10 @@ class Starter:
                 JobStatus.RUNNING,
                 server_id=self.server_id,
                 only_from=frozenset({JobStatus.QUEUED}),
-                values={
-                    "pid": popen.pid,
-                    "pid_start": entry.pid_start,
-                    "boot_id": self.boot_id,
-                    "started_at": spawned_at,
-                },
+                pid=popen.pid,
+                pid_start=entry.pid_start,
+                boot_id=self.boot_id,
+                started_at=spawned_at,
             )
             log.info("job_started id=%s pid=%d pty=%s", job.id, popen.pid, job.pty)
             self._arm_timers(entry, job)
