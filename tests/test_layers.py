@@ -20,6 +20,7 @@ is outside the package); only the MCP layer imports ``fastmcp``/``mcp``/``mcp_ty
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,9 +158,14 @@ def imports(path: Path, known: dict[str, Path], src: Path = SRC) -> Iterator[Imp
                 yield make(node, submodule(base, alias.name), internal=True)
 
 
-def all_imports(src: Path = SRC) -> list[Import]:
+def all_imports(src: Path = SRC) -> tuple[Import, ...]:
+    return _parsed(src)
+
+
+@functools.cache  # parsed once for all the tests (~1 s of CPU)
+def _parsed(src: Path) -> tuple[Import, ...]:
     known = modules(src)
-    return [imp for path in known.values() for imp in imports(path, known, src)]
+    return tuple(imp for path in known.values() for imp in imports(path, known, src))
 
 
 def _where(imp: Import, src: Path) -> str:
