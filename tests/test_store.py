@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,9 @@ async def _server(store: Store, sid: str = "srv000000001") -> str:
     return sid
 
 
-async def _job(store: Store, job_id: str, command: str = "true", labels=()) -> None:
+async def _job(
+    store: Store, job_id: str, command: str = "true", labels: Iterable[str] = ()
+) -> None:
     sid = await _server(store, "srv" + job_id)
     await store.create_job(
         job_id=job_id,
