@@ -9,9 +9,11 @@ lazy import still couples the modules; it only moves the cost). Only imports in 
 the source with ``ast``, so it sees imports only: a callback assigned at run time (the runner
 calling ``App.redact_stored`` through ``runner.on_ended``) is invisible to it.
 
-Modules are matched by dotted-name prefix: ``store`` covers ``store.py`` and, once it is split
-into a package, ``store/__init__.py`` and ``store/jobs.py``. A module no pattern matches fails
-the test ("add X to LAYERS"), and so does a pattern no module matches (a rename left behind).
+Patterns match dotted module names by prefix: ``store`` covers ``store.py`` and, once it is
+split into a package, ``store/__init__.py`` and ``store/jobs.py``; a ``*`` matches anything
+(``shell*`` covers ``shellparse`` and the modules split out of it beside it). A module no pattern
+matches fails the test ("add X to LAYERS"), and so does a pattern no module matches (a rename
+left behind).
 
 Third-party gateways: only the storage layer imports ``sqlalchemy`` (plus ``migrations/``, which
 is outside the package); only the MCP layer imports ``fastmcp``/``mcp``/``mcp_types``.
@@ -23,6 +25,7 @@ import ast
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 PACKAGE = "mcp_background_job"
@@ -32,11 +35,11 @@ ROOT = "__init__"
 
 #: Lowest first. A module may import from its own layer and from the layers before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # The vocabulary and the stdlib-only helpers run as scripts; see STANDALONE too.
+    # The vocabulary, and the stdlib-only helpers run as scripts (see STANDALONE).
     ("leaves", (ROOT, "errors", "jobs", "_sandbox", "_watchdog")),
     ("config", ("config",)),
     # Pure functions over text, commands and results: no I/O, no database, no processes.
-    ("pure", ("terminal", "redact", "shellparse", "policy", "models", "argerrors")),
+    ("pure", ("terminal", "redact", "shell*", "policy*", "models", "argerrors")),
     # The storage gateway: the only code that builds SQL.
     ("storage", ("db", "store")),
     # Processes, their isolation and their output files.
@@ -49,8 +52,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("cli", "commands", "history", "report")),
 ]
 
-#: Modules that import nothing from the package at all (their docstrings say why).
-STANDALONE = ("jobs", "_sandbox", "_watchdog")
+#: Modules that import nothing from the package at all: they run as scripts (``python -I -S``).
+STANDALONE = ("_sandbox", "_watchdog")
 
 #: Third-party packages only one layer may import.
 GATEWAYS: dict[str, str] = {
@@ -90,9 +93,14 @@ def modules(src: Path = SRC) -> dict[str, Path]:
     return {module_name(p, src): p for p in sorted(src.rglob("*.py"))}
 
 
+def matches(module: str, pattern: str) -> bool:
+    """``pattern`` names ``module`` or a package holding it (``*`` matches anything)."""
+    return fnmatchcase(module, pattern) or fnmatchcase(module, pattern + ".*")
+
+
 def layer_of(module: str) -> int | None:
     for index, (_, patterns) in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in patterns):
+        if any(matches(module, p) for p in patterns):
             return index
     return None
 
@@ -212,7 +220,7 @@ def test_the_layers_name_every_module_and_nothing_else() -> None:
         f"{p!r} (layer {name})"
         for name, patterns in LAYERS
         for p in patterns
-        if not any(m == p or m.startswith(p + ".") for m in known)
+        if not any(matches(m, p) for m in known)
     ]
     assert not stale, f"no module matches {', '.join(stale)}: remove it from LAYERS"
     for module, reason in [*KNOWN_UPWARD, *((m, "STANDALONE") for m in STANDALONE)]:
@@ -246,7 +254,7 @@ def test_standalone_modules_import_nothing_from_the_package() -> None:
         "(imports nothing from the package: see its docstring)"
         for imp in all_imports()
         if imp.internal and not imp.type_checking and layer_of(imp.importer) is not None
-        if any(imp.importer == m or imp.importer.startswith(m + ".") for m in STANDALONE)
+        if any(matches(imp.importer, m) for m in STANDALONE)
     ]
     assert not bad, "\n".join(bad)
 
@@ -305,3 +313,10 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
     }
     upward = sorted((i.importer, i.target, i.line) for i, _ in upward_imports(src))
     assert upward == [("config", "app", 10), ("config", "store.rows", 3)]
+
+
+def test_patterns_match_modules_packages_and_globs() -> None:
+    assert matches("store", "store") and matches("store.jobs", "store")
+    assert not matches("storex", "store") and not matches("jobstore", "store")
+    assert matches("shellparse", "shell*") and matches("shellwalk.nodes", "shell*")
+    assert matches("policyfs", "policy*") and not matches("policy", "policyfs")
