@@ -1,9 +1,13 @@
 """Linux process facts from ``/proc``, and signalling a job's whole process tree.
 
-Used by the runner only. A job's tree is every process that is, or descends from, its main
-process, shares its session or group, or carries its ``MCP_BACKGROUND_JOB_ID`` marker in its
-environment; the marker finds children that left with ``setsid``/``nohup`` and were re-parented.
-Identity is (pid, start time, boot id): ``pid_max`` is small, so a bare pid may be someone else.
+Import rule: ``_watchdog`` only (layer ``processes`` in ``tests/test_layers.py``). Signals to jobs
+go out from here and from ``cgroup`` when the runner asks, and from ``_watchdog`` when the
+server is gone; ``history`` and ``commands`` read liveness here, ``app`` the marker's name.
+
+A job's tree is every process that is, or descends from, its main process, shares its session or
+group, or carries its ``MCP_BACKGROUND_JOB_ID`` marker in its environment; the marker finds
+children that left with ``setsid``/``nohup`` and were re-parented. Identity is (pid, start time,
+boot id): ``pid_max`` is small, so a bare pid may be someone else.
 """
 
 from __future__ import annotations
