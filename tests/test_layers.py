@@ -67,7 +67,7 @@ GATEWAYS: dict[str, str] = {
 #: fails when one is gone, so the list only shrinks). Key: (importer, imported), module names.
 KNOWN_UPWARD: dict[tuple[str, str], str] = {
     ("config", "policy"): "Settings compiles the policy patterns, so building Settings loads "
-    "tree-sitter (issue 12: compile them where the policy is built)",
+    "tree-sitter (issue 12: compile them with a light module at or below config)",
 }
 
 
