@@ -1,12 +1,13 @@
 """Alembic environment: uses the connection the server passes in, or opens the configured DB."""
 
 from alembic import context
+from sqlalchemy import Connection
 
 from mcp_background_job.config import Settings
 from mcp_background_job.db import ensure_db_file, include_name, make_sync_engine, metadata
 
 
-def run(connection) -> None:
+def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -30,6 +31,7 @@ else:
         # views that stay valid when a rebuilt table is renamed back.
         # (Through the driver: foreign_keys is a no-op inside the transaction SQLAlchemy begins.)
         raw = conn.connection.dbapi_connection
+        assert raw is not None, "a connection just opened has its DBAPI connection"
         raw.execute("PRAGMA foreign_keys=OFF")
         raw.execute("PRAGMA legacy_alter_table=ON")
         run(conn)

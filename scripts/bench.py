@@ -106,7 +106,8 @@ async def wait_done(client: Client[Any], job_id: str) -> dict[str, Any]:
     while True:
         r = await call(client, "wait", job_id=job_id, timeout_s=50)
         if r["finished"]:
-            return r["job"]
+            job: dict[str, Any] = r["job"]
+            return job
 
 
 def shell_time(cmd: str, out: Path) -> float:
@@ -194,7 +195,7 @@ async def bench_latency(tmp: Path, sz: Sizes) -> list[Row]:
     async with server(tmp / "lat.db") as c:
         for _ in range(3):
             await call(c, "list", limit=20)
-        quiet = {"status": [], "list": []}
+        quiet: dict[str, list[float]] = {"status": [], "list": []}
         job = await call(c, "execute", command="true")
         await lat_samples(c, job["id"], quiet, sz.samples // 2, None)
         flood = [

@@ -68,7 +68,7 @@ class _Server:
             line = await asyncio.wait_for(self.proc.stdout.readline(), deadline - loop.time())
             if not line:
                 raise RuntimeError("the server closed stdout")
-            msg = json.loads(line)
+            msg: dict[str, Any] = json.loads(line)
             if msg.get("id") == request_id:
                 return msg
 
@@ -112,9 +112,10 @@ async def _first_start(side: Path, before: int, deadline: float) -> None:
 def _active(db: Path) -> int:
     con = sqlite3.connect(db, timeout=30)
     try:
-        return con.execute(
+        active: int = con.execute(
             "select count(*) from jobs where status in ('queued', 'running')"
         ).fetchone()[0]
+        return active
     finally:
         con.close()
 

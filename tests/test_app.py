@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from mcp_background_job.app import App
 from mcp_background_job.config import Settings
 from mcp_background_job.errors import InvalidRequest, JobNotFound, JobStateError
 from mcp_background_job.jobs import Job, JobStatus
+from mcp_background_job.models import OutputResult
 
 from .conftest import wait_for
 
@@ -65,7 +67,7 @@ async def test_shell_features_env_and_cwd(app: App, tmp_path: Path) -> None:
         ({"command": "true", "labels": ["has space"]}, "label"),
     ],
 )
-async def test_execute_rejects_bad_input(app: App, kwargs: dict, message: str) -> None:
+async def test_execute_rejects_bad_input(app: App, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         await app.execute(**kwargs)
 
@@ -114,7 +116,7 @@ async def test_output_reads_a_running_job_promptly(app: App) -> None:
     assert done.text == "" and done.end
 
 
-async def _has_text(app: App, job_id: str):
+async def _has_text(app: App, job_id: str) -> OutputResult | None:
     r = await app.output(job_id)
     return r if r.text else None
 
@@ -159,7 +161,7 @@ async def test_queue_respects_max_concurrent(tmp_path: Path) -> None:
             assert (await _ended(app, v.id)).status is JobStatus.COMPLETED
         jobs = [await app.store.get_job(v.id) for v in views]
         assert all(j.started_at for j in jobs)
-        starts = [j.started_at for j in jobs]
+        starts = [j.started_at for j in jobs if j.started_at]
         assert starts == sorted(starts)  # queued jobs start in submission order
         busy = [await app.execute("sleep 30") for _ in range(2)]
         queued = await app.execute("true")
@@ -206,7 +208,8 @@ async def test_many_submissions_at_once_keep_the_limit_and_the_order(tmp_path: P
         assert peak == 3
         assert sorted(ran.read_text().split()) == sorted(v.id for v in views)  # each ran once
         queued = [j for j, v in zip(ended, views, strict=True) if v.status is JobStatus.QUEUED]
-        starts = [j.started_at for j in queued]
+        assert all(j.started_at for j in queued)
+        starts = [j.started_at for j in queued if j.started_at]
         assert starts == sorted(starts)
     finally:
         await app.close()

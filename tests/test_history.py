@@ -131,7 +131,7 @@ async def test_retention_prunes_in_the_background_and_logs(
     path = make_db(tmp_path / "jobs.db", "0001")
     settings = Settings(
         db=path, subreaper=False, retention_max_age="30d", retention_interval_s=0.05
-    )  # type: ignore[arg-type]
+    )
     app = await App.open(settings)
     try:
         await wait_for(lambda: _ids(path) == FIXTURE_IDS - {"aaaa00000001", "aaaa00000002"})

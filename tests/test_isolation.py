@@ -85,10 +85,11 @@ def _settings(base: Path, **kw: object) -> Settings:
 
 
 def _run(argv: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done: subprocess.CompletedProcess[str] = subprocess.run(
         argv, cwd=cwd, capture_output=True, text=True, check=False, timeout=60,
         stdin=subprocess.DEVNULL, **kw,  # type: ignore[call-overload]
     )  # fmt: skip
+    return done
 
 
 # --- argv, environment, settings ------------------------------------------------------------------
@@ -493,7 +494,7 @@ CG = cgroup.detect(48 << 20, 20)
 needs_cgroups = pytest.mark.skipif(isinstance(CG, str), reason=f"no writable cgroup here: {CG}")
 
 
-def _job_cgroups(found: cgroup.JobCgroups | str) -> cgroup.JobCgroups:
+def _job_cgroups(found: cgroup.JobCgroups | str | None) -> cgroup.JobCgroups:
     assert isinstance(found, cgroup.JobCgroups)
     return found
 

@@ -144,7 +144,8 @@ def _migrate(path: Path, revision: str, *, downgrade: bool = False) -> None:
 def _revision(path: Path) -> str:
     con = sqlite3.connect(path)
     try:
-        return con.execute("select version_num from alembic_version").fetchone()[0]
+        revision: str = con.execute("select version_num from alembic_version").fetchone()[0]
+        return revision
     finally:
         con.close()
 

@@ -16,7 +16,9 @@ from mcp_background_job.jobs import JobStatus, ServerInstance, Stream
 from mcp_background_job.store import Store
 
 
-async def _orphan_job(store: Store, settings: Settings, server: ServerInstance, job_id: str):
+async def _orphan_job(
+    store: Store, settings: Settings, server: ServerInstance, job_id: str
+) -> subprocess.Popen[bytes]:
     """A running job as a crashed server leaves it: a live process writing to its spool file."""
     await store.create_job(
         job_id=job_id, command="sleep", cwd="/", shell="/bin/sh", env={}, labels=(),

@@ -10,11 +10,12 @@ import sys
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import mcp_types
 import pytest
 from fastmcp import Client
-from fastmcp.client.transports import StdioTransport
+from fastmcp.client.transports import FastMCPTransport, StdioTransport
 from fastmcp.exceptions import ResourceError
 from mcp.client.subscriptions import listen
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
@@ -32,13 +33,13 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(db=tmp_path / "jobs.db", subreaper=False, kill_grace_s=2.0)
 
 
-async def _job(client: Client, command: str) -> str:
+async def _job(client: Client[Any], command: str) -> str:
     result = await client.call_tool("execute", {"command": command})
     assert result.structured_content is not None
     return str(result.structured_content["id"])
 
 
-async def _text(client: Client, uri: str) -> str:
+async def _text(client: Client[Any], uri: str) -> str:
     [content] = await client.read_resource(uri)
     assert isinstance(content, mcp_types.TextResourceContents)
     return content.text
@@ -46,7 +47,7 @@ async def _text(client: Client, uri: str) -> str:
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_jobs_are_listed_and_read_as_resources(settings: Settings, mode: str) -> None:
-    async with Client(create_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(create_server(settings), mode=mode) as client:
         job_id = await _job(client, "printf 'line one\\n'; printf 'oops\\n' >&2; exit 2")
         await client.call_tool("wait", {"job_id": job_id})
         listed = {str(r.uri): r for r in await client.list_resources()}
@@ -128,7 +129,9 @@ async def test_listen_streams_carry_status_changes_in_the_new_era(
 
 
 @pytest.fixture
-async def two_servers(settings: Settings) -> AsyncIterator[tuple[Client, Client]]:
+async def two_servers(
+    settings: Settings,
+) -> AsyncIterator[tuple[Client[FastMCPTransport], Client[FastMCPTransport]]]:
     async with (
         Client(create_server(settings)) as a,
         Client(create_server(settings)) as b,
@@ -137,7 +140,7 @@ async def two_servers(settings: Settings) -> AsyncIterator[tuple[Client, Client]
 
 
 async def test_resources_show_jobs_of_every_server_on_the_database(
-    two_servers: tuple[Client, Client],
+    two_servers: tuple[Client[FastMCPTransport], Client[FastMCPTransport]],
 ) -> None:
     a, b = two_servers
     job_id = await _job(a, "echo from a")
@@ -153,7 +156,7 @@ async def test_over_stdio_both_eras(tmp_path: Path) -> None:
             str(exe), ["--db", str(tmp_path / "jobs.db")], keep_alive=False,
             log_file=tmp_path / f"{mode}.log",
         )  # fmt: skip
-        async with Client(transport, mode=mode, timeout=60) as client:  # type: ignore[arg-type]
+        async with Client(transport, mode=mode, timeout=60) as client:
             job_id = await _job(client, f"echo {mode}")
             await client.call_tool("wait", {"job_id": job_id})
             assert f"job://{job_id}" in {str(r.uri) for r in await client.list_resources()}
@@ -167,7 +170,7 @@ async def test_unknown_resources_are_not_found_in_the_era_s_words(
     """Protocol 2025-11-25 says -32002; 2026-07-28 says -32602 (SEP-2164 retired -32002). Either
     way with the URI in data, never -32603 Internal error. Malformed ids and paths no template
     matches are not found too; an ambiguous prefix is an invalid parameter."""
-    async with Client(create_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(create_server(settings), mode=mode) as client:
         assert client.server_info is not None
         assert client.server_info.version == __version__
         a = await _job(client, "true")

@@ -23,7 +23,7 @@ SNAPSHOT = Path(__file__).parent / "fixtures" / "server_surface.json"
 
 async def _surface(db: Path, mode: str) -> dict[str, Any]:
     settings = Settings(db=db, subreaper=False)
-    async with Client(create_server(settings), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(create_server(settings), mode=mode) as client:
         tools = await client.list_tools()
         templates = await client.list_resource_templates()
         init = client.initialize_result

@@ -130,7 +130,7 @@ async def test_a_writer_thread_that_dies_in_a_unit_fails_every_unit(tmp_path: Pa
 
     try:
         await writer.run(lambda c: c.exec_driver_sql("CREATE TABLE t (x INTEGER)"))
-        units = [asyncio.ensure_future(writer.run(crash))]
+        units: list[asyncio.Future[object]] = [asyncio.ensure_future(writer.run(crash))]
         units += [asyncio.ensure_future(writer.run(lambda c: 1)) for _ in range(3)]
         results = await asyncio.wait_for(asyncio.gather(*units, return_exceptions=True), 10)
         assert all(isinstance(r, StorageError) for r in results), results

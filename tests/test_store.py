@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import sqlite3
 import threading
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -53,7 +54,9 @@ async def _server(store: Store, sid: str = "srv000000001") -> str:
     return sid
 
 
-async def _job(store: Store, job_id: str, command: str = "true", labels=()) -> None:
+async def _job(
+    store: Store, job_id: str, command: str = "true", labels: Iterable[str] = ()
+) -> None:
     sid = await _server(store, "srv" + job_id)
     await store.create_job(
         job_id=job_id,
@@ -391,7 +394,7 @@ async def test_the_audit_record_is_one_definition_stored_and_shown_whole(store: 
     event_fields = [f.name for f in dataclasses.fields(AuditEvent)]
     assert set(event_fields) == {c.name for c in AuditEventRow.__table__.columns}
     assert set(AuditView.model_fields) == set(event_fields)
-    assert AuditView.model_fields["kind"].annotation == AuditKind
+    assert get_args(AuditView.model_fields["kind"].annotation) == get_args(AuditKind)
     assert get_args(AuditKind) == AUDIT_KINDS and db.AUDIT_KINDS is AUDIT_KINDS
     await _job(store, "aaa000000001")
     for kind in AUDIT_KINDS:

@@ -3,6 +3,8 @@ the client) passed in instead of resolved from a server's lifespan."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from fastmcp.exceptions import ToolError
 
@@ -32,12 +34,12 @@ async def test_domain_errors_become_tool_errors_with_their_message(app: App) -> 
 
 
 def test_every_tool_and_template_is_registered_once() -> None:
-    names = [fn.__fastmcp__.name or fn.__name__ for fn in TOOLS]
+    names = [cast(Any, fn).__fastmcp__.name or fn.__name__ for fn in TOOLS]
     assert names == [
         "execute", "rerun", "list", "status", "output", "tail", "interact", "kill", "wait",
         "wait_many", "audit",
     ]  # fmt: skip
-    assert [fn.__fastmcp__.uri for fn in RESOURCE_TEMPLATES] == [
+    assert [cast(Any, fn).__fastmcp__.uri for fn in RESOURCE_TEMPLATES] == [
         "job://{job_id}",
         "job://{job_id}/output",
     ]

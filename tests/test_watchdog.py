@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
@@ -36,7 +37,7 @@ def jobs() -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
     started: list[tuple[str, subprocess.Popen[bytes]]] = []
     yield started
     for job_id, proc in started:
-        proctree.kill_tree(lambda job_id=job_id: proctree.job_tree(job_id, None, None), 10.0)
+        proctree.kill_tree(partial(proctree.job_tree, job_id, None, None), 10.0)
         proc.wait()
 
 

@@ -2,6 +2,9 @@
 tool accepts there (read from the tool's input schema), and what to do next. Pure: pydantic's
 error list and a JSON schema in, a message out.
 
+Import rule: nothing from the package (layer ``pure`` in ``tests/test_layers.py``); the MCP layer
+uses it.
+
 pydantic's own text (``1 validation error for call[list_jobs]`` ... ``For further information
 visit https://errors.pydantic.dev/...``) names a Python function the client never saw and sends
 it to a web page; clients show it to a model that then guesses.

@@ -1,5 +1,8 @@
 """Output capture: jobs write to spool files, and this module stores those files in SQLite.
 
+Import rule: layer ``processes`` in ``tests/test_layers.py``: the store, ``config`` and below;
+never the runner, ``app`` or the MCP layer.
+
 A job's stdout and stderr are plain files beside the database, so a job writes at file speed,
 never blocks on the server, never gets SIGPIPE when the server dies, and loses nothing if the
 server crashes: whoever reconciles the job later stores the rest (see ``Ingester.adopt``).

@@ -1,6 +1,8 @@
 """Per-job control groups: a memory and a process limit on each job as a whole, and every
 process of a job found or killed by its group.
 
+Import rule: nothing from the package (layer ``processes`` in ``tests/test_layers.py``).
+
 Resource limits (``RLIMIT_DATA``, ``RLIMIT_NPROC``) are per process and miss shared mappings,
 ``/dev/shm`` and tmpfs files, and the kernel ignores ``RLIMIT_NPROC`` for root. A cgroup counts
 all of a job's memory (shmem and tmpfs pages included) and all of its processes, whoever runs it.

@@ -1,5 +1,8 @@
 """Command line: ``mcp-background-job [COMMAND] [--db PATH] ...``; ``serve`` is the default.
 
+Import rule: the top layer (``cli`` in ``tests/test_layers.py``): any module, lazily where it is
+slow to import.
+
 Parsing is argparse (stdlib, fast ``--help``); the commands live in ``commands`` and print with
 ``report`` (rich). Nothing here imports fastmcp except ``serve``, and nothing imports the
 database layer before a command needs it: the modules of each command are imported inside it

@@ -1,5 +1,9 @@
 """Settings, read from ``MCP_BACKGROUND_JOB_*`` environment variables and CLI flags.
 
+Import rule: ``errors``, ``jobs`` and ``patterns`` only (layer ``config`` in
+``tests/test_layers.py``): policy patterns are compiled by the light ``patterns`` module, so
+building ``Settings`` never loads tree-sitter.
+
 There is no module-level instance: the CLI (or a test) builds one ``Settings`` and passes it down.
 A malformed value is an error at start-up, never a silent fallback to defaults.
 """

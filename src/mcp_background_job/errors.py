@@ -1,5 +1,7 @@
 """The package's exceptions, all under one root.
 
+Import rule: nothing from the package (the lowest layer, ``leaves``, in ``tests/test_layers.py``).
+
     BackgroundJobError
     ├── InvalidRequest        bad input: empty command, missing cwd, bad cursor, ...
     ├── JobNotFound           no job has that id

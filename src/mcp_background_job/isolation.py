@@ -1,6 +1,9 @@
 """Isolation and resource limits for jobs: the argv wrapper for each mode, the environment a job
 gets, and detecting at start-up which mode works on this machine.
 
+Import rule: layer ``processes`` in ``tests/test_layers.py``, beside ``cgroup`` and ``capture``:
+``config`` and below; never the runner, ``app`` or the MCP layer.
+
 Modes (``Settings.isolation``), each including the previous one's resource limits:
 
 - ``none``: no limits at all (the job still gets an explicit environment, no inherited fds);

@@ -1,4 +1,8 @@
-"""The shapes tool results take (pydantic, so MCP clients get an output schema)."""
+"""The shapes tool results take (pydantic, so MCP clients get an output schema).
+
+Import rule: ``jobs`` only (layer ``pure`` in ``tests/test_layers.py``): no storage, processes or
+MCP.
+"""
 
 from __future__ import annotations
 

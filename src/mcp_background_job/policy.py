@@ -1,5 +1,8 @@
 """What may run: allow and deny rules over every simple command of a command line.
 
+Import rule: pure modules only, ``shellparse`` and this module's own parts (layer ``pure`` in
+``tests/test_layers.py``); ``config`` must not import it.
+
 A guardrail against mistakes and obvious abuse, not a sandbox: a program can do anything its
 code says (``python -c``, a script file, a Makefile), and a deny list cannot see that. The real
 boundary is ``isolation`` (see ``isolation.py``). What this module promises:

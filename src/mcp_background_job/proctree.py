@@ -1,5 +1,6 @@
 """Linux process facts from ``/proc``, and signalling a job's whole process tree.
 
+Import rule: ``_watchdog`` only (layer ``processes`` in ``tests/test_layers.py``).
 Only the ``runner`` package signals with it (or finds trees, reaps, watches); elsewhere only
 the read-only facts are used (``is_alive`` of a server, the ``MARKER`` name). A job's tree is
 every process that is, or descends from, its main process, shares its session or group, or

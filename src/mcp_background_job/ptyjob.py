@@ -1,5 +1,7 @@
 """Pseudo-terminals for interactive jobs; used by the runner only.
 
+Import rule: nothing from the package (layer ``processes`` in ``tests/test_layers.py``).
+
 A PTY job's stdin, stdout and stderr are the slave side of a new pseudo-terminal, which is also
 its controlling terminal, so Ctrl-C reaches its foreground processes and programs prompt,
 colour and line-buffer as they do in a terminal. The controlling terminal must be set in the

@@ -1,6 +1,7 @@
 """Masking secrets in the text clients read of job output, and stripping terminal controls.
 
 Pure (no I/O); a leaf but for ``terminal`` (its renderer: text is masked as it is shown).
+Import rule: layer ``pure`` in ``tests/test_layers.py``.
 
 **What is masked is what a client sees.** The rules run on *views* of the raw bytes, and each
 view knows which raw byte each of its bytes came from:

@@ -1,5 +1,8 @@
 """A shell command line split into every simple command it would run, with tree-sitter-bash.
 
+Import rule: layer ``pure`` in ``tests/test_layers.py`` (nothing from the package but its own
+parts).
+
 Pure (no I/O) and a leaf: ``policy`` judges what this module finds. The walker knows a fixed set
 of node kinds; anything else, a parse error, or a known tree-sitter-bash misparse becomes a
 ``Problem`` instead of being guessed at (fail closed: the policy decides what a problem means).

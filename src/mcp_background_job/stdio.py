@@ -1,5 +1,8 @@
 """The stdio transport's two pipes read and written on the event loop, without threads.
 
+Import rule: nothing from the package (layer ``mcp`` in ``tests/test_layers.py``, beside
+``server``).
+
 The MCP SDK's ``stdio_server()`` reads each line in a worker thread and writes each message with
 two more trips to one (write, then flush). Under CPU load every trip waits for a time slice: with
 eight jobs flooding output on two cores a ``status`` round trip took ~10 ms at p50 over stdio

@@ -1,5 +1,7 @@
 """Terminal text: what a person would see for a stream of terminal output, and key names.
 
+Import rule: ``errors`` only (layer ``pure`` in ``tests/test_layers.py``).
+
 Pure functions, no I/O. ``render`` turns decoded terminal output into plain text: escape
 sequences (colours, titles, modes) are removed; carriage returns, backspaces, line erases and
 cursor moves within and between lines are applied, so a progress bar redrawn with ``\\r`` a

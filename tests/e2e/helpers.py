@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport
@@ -35,12 +35,27 @@ _server_numbers = itertools.count(1)
 # --- polling -------------------------------------------------------------------------------
 
 
+# The value returned is truthy, so never None: the overloads say so to the callers.
+@overload
 async def wait_for(
-    predicate: Callable[[], Awaitable[T] | T],
+    predicate: Callable[[], Awaitable[T | None]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+@overload
+async def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+async def wait_for(
+    predicate: Callable[[], Any],
     timeout: float = 15.0,
     interval: float = 0.05,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that value."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -50,7 +65,7 @@ async def wait_for(
         if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         last = result
         if loop.time() >= deadline:
             raise AssertionError(
@@ -66,7 +81,7 @@ async def wait_for(
 class Server:
     """One running server process and the MCP client connected to it."""
 
-    client: Client
+    client: Client[StdioTransport]
     db: Path
     log: Path
     pid: int
@@ -85,7 +100,8 @@ class Server:
         """``wait`` until the job has ended; returns the job view. Fails if it does not end."""
         r = await self.call("wait", job_id=job_id, timeout_s=timeout_s)
         assert r["finished"], f"job {job_id} did not end in {timeout_s} s: {r}"
-        return r["job"]
+        job: dict[str, Any] = r["job"]
+        return job
 
     async def read_all(
         self,

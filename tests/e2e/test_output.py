@@ -17,7 +17,7 @@ def mixed_text(size: int, seed: int = 7) -> str:
     long lines and empty ones."""
     rng = random.Random(seed)
     words = ["alpha", "beta", "\t", "x" * 300, "é", "日本語", "€uro", "\N{GRINNING FACE}", "\r", ""]
-    lines = []
+    lines: list[str] = []
     n = 0
     while n < size:
         line = f"{len(lines):06d} " + " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))

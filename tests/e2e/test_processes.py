@@ -141,20 +141,21 @@ async def test_wait_timeout_is_not_an_error_and_reports_progress(db: Path) -> No
         assert r["waited_s"] >= 0.5
         assert "wait again" in r["message"]
 
-        progress: list[tuple[float, float | None, str | None]] = []
+        notified: list[tuple[float, float | None, str | None]] = []
 
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            progress.append((done, total, message))
+        # fastmcp's ProgressHandler is a Protocol: the parameter names are part of the type.
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            notified.append((progress, total, message))
 
         result = await s.client.call_tool(
             "wait", {"job_id": job["id"], "timeout_s": 6}, progress_handler=on_progress
         )
+        assert result.structured_content is not None
         r = result.structured_content
-        assert r is not None
         assert r["finished"] is False
         assert r["waited_s"] >= 6
-        assert len(progress) >= 1, "no progress notification during a 6 s wait"
-        done, total, message = progress[0]
+        assert len(notified) >= 1, "no progress notification during a 6 s wait"
+        done, total, message = notified[0]
         assert 0 < done <= 6
         assert total == 6
         assert message and job["id"] in message

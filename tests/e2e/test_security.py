@@ -39,7 +39,7 @@ _numbers = itertools.count(1)
 
 @dataclass
 class Server:
-    client: Client
+    client: Client[StdioTransport]
     db: Path
     log: Path
 
@@ -112,7 +112,7 @@ async def serve(
                 os.kill(pid, signal.SIGKILL)
 
 
-async def wait_for(predicate: Callable[[], Awaitable[T]], timeout: float = 20.0) -> T:
+async def wait_for(predicate: Callable[[], Awaitable[T | None]], timeout: float = 20.0) -> T:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -334,7 +334,7 @@ async def test_fork_bomb_is_stopped_and_the_server_survives() -> None:
     # The classic `:(){ :|:& };:` is refused by the policy; this one is not, so the limits
     # are what stops it.
     settings = {"limit_processes": "60", "kill_grace_s": "1"}
-    python, extra = sys.executable, {}
+    python, extra = sys.executable, dict[str, str]()
     user = None
     if os.geteuid() == 0:
         found = _python_for_nobody(base)

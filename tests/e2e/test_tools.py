@@ -178,14 +178,15 @@ async def test_errors_are_tool_errors_with_a_next_step(db: Path, tmp_path: Path)
             return str(info.value)
 
         # unknown job id, for every tool that takes one
-        for tool, extra in [
+        tools_with_id: list[tuple[str, dict[str, Any]]] = [
             ("status", {}),
             ("output", {}),
             ("tail", {}),
             ("wait", {"timeout_s": 0}),
             ("kill", {}),
             ("interact", {"input": "x"}),
-        ]:
+        ]
+        for tool, extra in tools_with_id:
             msg = await fails(tool, "No job with id 'ffffffffffff'", job_id="ffffffffffff", **extra)
             assert "Call `list`" in msg
         await fails("status", "No job with id 'not-an-id'", job_id="not-an-id")

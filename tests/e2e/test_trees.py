@@ -122,7 +122,7 @@ async def test_fork_bomb_timeout_stops_the_whole_tree_even_when_shutdown_follows
     (base / "bomb.sh").write_text("f(){ f <(f); }; f\n")
     (base / "bomb.sh").chmod(0o644)
     settings = {"limit_processes": "600", "kill_grace_s": "2"}
-    python, extra, user = sys.executable, {}, None
+    python, extra, user = sys.executable, dict[str, str](), None
     if os.geteuid() == 0:
         found = _python_for_nobody(base)
         if isinstance(found, str):
@@ -174,7 +174,7 @@ async def test_shutdown_stops_every_tree_also_what_ended_jobs_left(db: Path) -> 
                 pids_with_cmdline("sleep", "302") & job_processes(ended["id"])
             )
 
-        left = await wait_for(lambda: len(grandchildren()) == 2 and grandchildren())
+        left = await wait_for(lambda: grandchildren() if len(grandchildren()) == 2 else None)
         server_pid = s.pid
     await wait_for(lambda: not is_running(server_pid), message="the server to exit")
     assert not any(is_running(p) for p in left), "a grandchild survived the shutdown"

@@ -114,6 +114,7 @@ def test_an_oversized_message_is_skipped_and_answered(wire: WireServer, where: s
     clients write it: first (the Python SDK) or last (the TypeScript SDK)."""
     filler = "x" * (MAX_MESSAGE_BYTES + 1000)
     args = '{"name":"interact","arguments":{"job_id":"0","input":"' + filler + '"}}'
+    msg_id: int | str | None
     if where == "start":
         raw, msg_id = '{"jsonrpc":"2.0","id":61,"method":"tools/call","params":' + args + "}", 61
     elif where == "end":

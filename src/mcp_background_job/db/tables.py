@@ -157,7 +157,7 @@ class JobRow(Base):
     run_anyway: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     rerun_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     # Committed before the job's process is spawned (migration 0007): a queued job with it set
-    # may have run, and is never started again (see runner.py).
+    # may have run, and is never started again (see runner/starting.py).
     start_attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
