@@ -39,7 +39,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaves", (ROOT, "errors", "jobs", "_sandbox", "_watchdog")),
     ("config", ("config", "patterns")),
     # Pure functions over text, commands and results: no I/O, no database, no processes.
-    ("pure", ("terminal", "redact", "shell*", "policy*", "verdict", "models", "argerrors", "checks")),
+    (
+        "pure",
+        ("terminal", "redact", "shell*", "policy*", "verdict", "models", "argerrors", "checks"),
+    ),
     # The storage gateway: the only code that builds SQL.
     ("storage", ("db", "store")),
     # Processes, their isolation and their output files.
