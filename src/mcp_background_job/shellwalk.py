@@ -71,6 +71,15 @@ _STOPPERS = frozenset({"break", "exit", "return", "wait"})
 
 
 class _Walker:
+    """One walk of a bash syntax tree, node kind by node kind.
+
+    Over the house's ~400-line bound on purpose: it is one recursive descent over tree-sitter's
+    node kinds whose methods share the walk's state (scope, function bodies being inlined,
+    payloads being analysed, nesting), and splitting it by node kind would pass that state
+    through every call or hide it in a second object that is the same class in two files. The
+    wrapper tables and their handlers, word functions and limits already live in their own
+    modules (``shellwrap``, ``shelltext``, ``shellwords``)."""
+
     def __init__(self, analysis: Analysis, scope: Scope) -> None:
         self.a = analysis
         self.s = scope
