@@ -40,7 +40,11 @@ def _literal_output(cmd: SimpleCommand) -> list[str] | None:
 
 
 def _apply_effects(cmd: SimpleCommand, env: _Env) -> None:
-    """Record what ``cmd`` does to the files later commands may run or reach."""
+    """Record what ``cmd`` does to the files later commands may run or reach.
+
+    Long (~100 lines) on purpose: one flat dispatch over the commands that change files
+    (cd, cp, mv, ln, chmod, redirections...); each branch is a few lines and splitting them
+    into functions would only move the table."""
     eff = env.effects
     paths = env.paths
 

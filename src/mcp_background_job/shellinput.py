@@ -235,7 +235,10 @@ _CMD_START = frozenset({"then", "do", "else", "elif", "if", "while", "until", "!
 def _open_constructs(text: str) -> tuple[list[str], bool]:
     """A small bash lexer: the constructs still open at the end of ``text`` (innermost last:
     quotes, ``$(``, ``(``, ``${``, ``if``/``case``/loops, ``{``, heredocs as ``<<DELIM``), and
-    whether the input ends asking for more (a trailing backslash, ``|``, ``&&``, ``||``)."""
+    whether the input ends asking for more (a trailing backslash, ``|``, ``&&``, ``||``).
+
+    One character loop with its stack (~140 lines): a lexer's states share the position and the
+    stack, and reads best as one loop."""
     stack: list[str] = []
     pending: list[str] = []  # heredoc delimiters that start at the next newline
     i, n = 0, len(text)

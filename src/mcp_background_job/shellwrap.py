@@ -204,7 +204,8 @@ def _long_match(key: str, options: tuple[str, ...] | frozenset[str]) -> str | No
 
 def _unwrap(w: _Walker, cmd: SimpleCommand, ctx: _Ctx, fed: list[str] | None) -> None:
     """Record the command, then find the commands it runs: wrappers' inner commands and
-    literal payloads."""
+    literal payloads. One dispatch over the wrapper tables (~100 lines), kept in one place so
+    the order of the checks (wrapper, sub-wrapper, payload) stays visible."""
     w.a.commands.append(cmd)
     w.builtin_effects(cmd, ctx)
     name, args = cmd.name, cmd.args
