@@ -43,10 +43,10 @@ async def _adopted_by(db: Path, job_id: str, server: Server) -> None:
 async def test_a_detached_job_survives_a_sigkilled_server_byte_exact(
     db: Path, tmp_path: Path
 ) -> None:
-    side = tmp_path / "side"
+    side, go = tmp_path / "side", tmp_path / "go"
     script = (
         f"i=0; while [ $i -lt 300 ]; do i=$((i+1)); printf 'line %05d\\n' $i | tee -a {side}; "
-        "sleep 0.005; done"
+        f"if [ $i = 150 ]; then while [ ! -e {go} ]; do sleep 0.05; done; fi; done"
     )
     async with start_server(db) as first:
         job = await first.execute(script, detach=True)
@@ -60,6 +60,8 @@ async def test_a_detached_job_survives_a_sigkilled_server_byte_exact(
         await wait_for(lambda: not is_running(first.pid), message="the server to die")
         assert job_processes(job["id"]), "the detached job died with its server"
     async with start_server(db) as second:
+        await _adopted_by(db, job["id"], second)
+        go.touch()  # the second half is printed while the second server stores it
         done = await second.wait_done(job["id"])
         assert done["status"] == "completed" and done["exit_code"] == 0, done
         assert f"adopted from server {first.server_id}" in _reasons(done)
