@@ -187,7 +187,7 @@ async def test_a_changed_boot_id_reconciles_a_detached_job_as_lost(
 
 def _cli(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mcp_background_job.cli", *args, "--db", str(db)],
+        [sys.executable, "-m", "mcp_background_job.cli", args[0], "--db", str(db), *args[1:]],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
