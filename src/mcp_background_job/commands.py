@@ -375,9 +375,9 @@ async def _kill_labelled(app: App, label: str, sig: str, grace: float | None) ->
         print(f"no queued or running job has the label {label!r}")
         return 0
     after = await asyncio.gather(*(app.kill(j.id, sig, grace) for j in jobs))
-    for view in after:
-        how = ended_how_view(view)
-        print(f"job {view.id} {view.status}" + (f" ({how})" if how != "-" else ""))
+    for killed in after:
+        how = ended_how_view(killed)
+        print(f"job {killed.id} {killed.status}" + (f" ({how})" if how != "-" else ""))
     return 0 if all(v.status.is_terminal for v in after) else 1
 
 

@@ -109,8 +109,8 @@ async def test_a_job_that_ended_while_no_server_ran_keeps_its_exit_7_and_output(
     assert not job_processes(job["id"])
     async with start_server(db) as second:
         done = await second.wait_done(job["id"])
-        started = datetime.fromisoformat(query(db, "select started_at from servers where id = ?",
-                                               second.server_id)[0][0]).replace(tzinfo=UTC)  # fmt: skip
+        row = query(db, "select started_at from servers where id = ?", second.server_id)[0]
+    started = datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
     assert done["exit_code"] == 7 and done["status"] == "failed", done
     assert "lost" not in (done["reason"] or ""), done
     micros = int(ends[0].name.split(".")[-1])
@@ -210,6 +210,6 @@ async def test_the_cli_starts_finds_and_kills_detached_jobs_with_no_server(
     assert killed.returncode == 0, (killed.stdout, killed.stderr)
     for job_id in ids:
         assert f"job {job_id} killed" in killed.stdout, killed.stdout
-        await wait_for(lambda j=job_id: not job_processes(j), message="nothing left")  # type: ignore[misc]
+    await wait_for(lambda: not any(job_processes(j) for j in ids), message="nothing left")
     rows = query(db, "select status from jobs where id in (?, ?)", *ids)
     assert [r[0] for r in rows] == ["killed", "killed"]

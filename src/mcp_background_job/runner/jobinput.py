@@ -10,9 +10,9 @@ import signal
 from typing import TYPE_CHECKING
 
 from .. import proctree, ptyjob
-from . import keeper
 from ..errors import JobStateError
 from ..jobs import EndCause, JobStatus
+from . import keeper
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -17,6 +17,7 @@ shells report it (a job that calls ``exit 130`` itself is recorded as killed by 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -58,8 +59,8 @@ def make_fifo(spool_dir: Path, job_id: str) -> Path:
 
 def argv(spool_dir: Path, job_id: str, job_argv: list[str]) -> list[str]:
     """The keeper's command line around the job's own (``/bin/sh``: POSIX, small)."""
-    return ["/bin/sh", "-c", SCRIPT, NAME, str(spool_dir / job_id), str(fifo_path(spool_dir, job_id)),
-            *job_argv]  # fmt: skip
+    fifo = str(fifo_path(spool_dir, job_id))
+    return ["/bin/sh", "-c", SCRIPT, NAME, str(spool_dir / job_id), fifo, *job_argv]
 
 
 def open_input(spool_dir: Path, job_id: str) -> int:
@@ -71,7 +72,5 @@ def open_input(spool_dir: Path, job_id: str) -> int:
 def end_input(keeper_pid: int) -> None:
     """Ask the keeper to close its end of the FIFO: the job sees end of file once the server
     has closed its own."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it exited: the job has ended
         os.kill(keeper_pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass

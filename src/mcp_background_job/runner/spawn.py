@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import proctree, ptyjob
-from . import keeper
 from ..jobs import Stream
+from . import keeper
 from .table import Running
 
 if TYPE_CHECKING:
