@@ -213,3 +213,16 @@ async def test_the_cli_starts_finds_and_kills_detached_jobs_with_no_server(
     await wait_for(lambda: not any(job_processes(j) for j in ids), message="nothing left")
     rows = query(db, "select status from jobs where id in (?, ?)", *ids)
     assert [r[0] for r in rows] == ["killed", "killed"]
+
+
+async def test_pty_with_detach_is_refused_with_a_reason(db: Path) -> None:
+    from fastmcp.exceptions import ToolError
+
+    async with start_server(db) as srv:
+        try:
+            await srv.execute("cat", pty=True, detach=True)
+        except ToolError as exc:
+            assert "pty=true with detach=true is not supported" in str(exc)
+        else:
+            raise AssertionError("pty with detach was accepted")
+        assert query(db, "select count(*) from jobs") == [(0,)]
