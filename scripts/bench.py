@@ -406,6 +406,58 @@ async def bench_redact(tmp: Path, sz: Sizes) -> list[Row]:
     ]  # fmt: skip
 
 
+# --- detached jobs (issue 15) ------------------------------------------------------------------
+
+
+def _owners(db: Path) -> dict[str, str]:
+    con = sqlite3.connect(db)
+    try:
+        return dict(con.execute("select id, owner_id from jobs where status = 'running'"))
+    finally:
+        con.close()
+
+
+async def bench_detach(tmp: Path, sz: Sizes) -> list[Row]:
+    """50 running detached jobs left by a server that stopped: the time from the next server's
+    start to all of them adopted, beside the start of a server with nothing to adopt; and the
+    memory of what holds each job besides the job itself (its keeper)."""
+    n = 50
+    db, go = tmp / "detach.db", tmp / "detach-go"
+    t = time.perf_counter()
+    async with server(db, max_concurrent=n + 8) as c:
+        base = time.perf_counter() - t  # an empty database: nothing to adopt
+        jobs = [
+            await call(c, "execute", command=f"while [ ! -e {go} ]; do sleep 1; done", detach=True)
+            for _ in range(n)
+        ]
+    keepers = [rss_mb(j["pid"]) for j in jobs]
+    ids = {j["id"] for j in jobs}
+    t = time.perf_counter()
+    async with server(db, max_concurrent=n + 8) as c:
+        me = server_pid(db)
+        con = sqlite3.connect(db)
+        try:
+            sid = con.execute("select id from servers where pid = ? order by started_at desc",
+                              (me,)).fetchone()[0]  # fmt: skip
+        finally:
+            con.close()
+        while not all(_owners(db).get(j) == sid for j in ids):
+            await asyncio.sleep(0.02)
+        adopted = time.perf_counter() - t
+        go.touch()
+        ended = [await wait_done(c, j) for j in sorted(ids)]
+    failed = sum(1 for j in ended if j["status"] != "completed")
+    per_job = statistics.mean(keepers)
+    return [
+        Row(f"adopt {n} running detached jobs", f"{base:.2f} s (start, nothing to adopt)",
+            f"{adopted:.2f} s", adopted / base, "≤ base + 2 s", adopted <= base + 2.0,
+            f"{failed} not completed"),
+        Row("memory per detached job (its keeper)", "~10 MB (a Python interpreter)",
+            f"{per_job:.1f} MB RSS", None, "≤ 2 MB", per_job <= 2.0,
+            f"max {max(keepers):.1f} MB over {n} keepers"),
+    ]  # fmt: skip
+
+
 BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "big": bench_big_job,
     "huge": bench_huge_and_tail,
@@ -414,6 +466,7 @@ BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "crash": bench_crash,
     "many": bench_many,
     "redact": bench_redact,
+    "detach": bench_detach,
 }
 
 

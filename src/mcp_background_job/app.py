@@ -177,6 +177,7 @@ class App:
         after: Sequence[str] = (),
         run_anyway: bool = False,
         idle_timeout_s: float | None = None,
+        detach: bool | None = None,
         *,
         rerun_of: str | None = None,
         shell: str | None = None,
@@ -195,6 +196,7 @@ class App:
             after=tuple([await self._dependency(d) for d in after]),
             run_anyway=run_anyway,
             rerun_of=rerun_of,
+            detached=_detached(detach, pty, self.settings.detach),
         )
         resolved = str(workdir.resolve())
         verdict = await self.admission.admit(command, resolved, client, env)
@@ -262,6 +264,7 @@ class App:
             cols=old.cols,
             priority=old.priority,
             idle_timeout_s=old.idle_timeout_s,
+            detach=old.detached,
             rerun_of=old.id,
             shell=old.shell,
             client=client,
@@ -535,3 +538,19 @@ def _execute_detail(
     if verdict.audit_note:
         detail["unverified"] = verdict.audit_note
     return detail
+
+
+def _detached(detach: bool | None, pty: bool, default: bool) -> bool:
+    """Whether a job runs detached: ``detach``, else the setting (never for a PTY job unless
+    asked: the setting does not refuse PTY jobs)."""
+    if detach is None:
+        return default and not pty
+    if detach and pty:
+        # Its terminal's master side would have to outlive the server: something must hold it
+        # (dtach, abduco, tmux) and relay it to a later server. Not done: refused, not faked.
+        raise InvalidRequest(
+            "pty=true with detach=true is not supported: a terminal's master side dies with the "
+            "server that holds it. Run the program without pty (detach=true), or with pty "
+            "without detach."
+        )
+    return detach

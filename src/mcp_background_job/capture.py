@@ -219,6 +219,10 @@ class Ingester:
             1, "ingest", initializer=lower_thread_priority, initargs=(settings.storage_nice,)
         )
 
+    @property
+    def spool_dir(self) -> Path:
+        return self._dir
+
     # --- registration ---------------------------------------------------------------------
 
     def create_spool(self, job_id: str) -> dict[Stream, int]:
@@ -408,6 +412,13 @@ class Ingester:
             # exactly what was stored since (it moves on only once a write committed).
             await self.finish(job.id)
             return
+        await self.resume(job)
+        await self.finish(job.id, drain=False)  # its processes were stopped first
+
+    async def resume(self, job: Job) -> None:
+        """Capture a job this process did not start from where its row says storing stopped
+        (the counters move only with the chunks they count, so nothing is stored twice or
+        missed): the rest of a dead server's job, or a detached job adopted while it runs."""
         states: dict[Stream, StreamState] = {}
         seq = -1
         for stream, path in spool_paths(self._dir, job.id).items():
@@ -424,7 +435,6 @@ class Ingester:
             st.tail.extend((o, n) for o, n in layout if o >= self._head)
             states[stream] = st
         self._captures[job.id] = Capture(job.id, states, seq + 1)
-        await self.finish(job.id, drain=False)  # its processes were stopped first
 
     def _sizes(self, job_id: str) -> dict[Stream, int]:
         cap = self._captures.get(job_id)

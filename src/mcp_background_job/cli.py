@@ -142,8 +142,21 @@ def _add_job_commands(command: Command) -> None:
         "arguments, quoted for the shell.",
     )
 
+    start = command(
+        "start",
+        "Start a detached job and return at once, printing its id: it keeps running with no "
+        "server, and the next server on the database adopts it (see `list`, `kill`).",
+        usage=f"{PROG} start [OPTIONS] -- COMMAND [ARG...]",
+    )
+    start.add_argument("--cwd", help="Working directory (default: the current one).")
+    start.add_argument("--env", action="append", metavar="NAME=VALUE", help="Repeatable.")
+    start.add_argument("--label", action="append", help="Repeatable.")
+    start.add_argument("--timeout", type=float, metavar="SECONDS", help="Kill it after this long.")
+    start.add_argument("argv", nargs="+", metavar="COMMAND", help="As for run.")
+
     kill = command("kill", "Stop a job (of any server on this host) and its whole process tree.")
-    kill.add_argument("id", help="Job id or a unique prefix of it.")
+    kill.add_argument("id", nargs="?", help="Job id or a unique prefix of it.")
+    kill.add_argument("--label", help="Instead of an id: every queued or running job with it.")
     kill.add_argument("-s", "--signal", default="TERM", help="TERM (default), INT, HUP, KILL, ...")
     kill.add_argument("--grace", type=float, help="Seconds before SIGKILL (default 5).")
 

@@ -59,6 +59,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "show": show,
         "logs": logs,
         "run": run,
+        "start": start,
         "kill": kill,
         "stats": stats,
         "audit": audit,
@@ -345,8 +346,12 @@ async def kill(args: argparse.Namespace, settings: Settings) -> int:
         raise db.no_database(settings.db)  # not a new database at a mistyped path
     from .app import App  # the job stack: only the commands that run or signal a job
 
+    if (args.id is None) == (args.label is None):
+        raise InvalidRequest("kill: give a job id, or --label LABEL (not both).")
     app = await App.open(settings)
     try:
+        if args.label is not None:
+            return await _kill_labelled(app, args.label, args.signal, args.grace)
         before = await app.job(args.id)
         job_id = before.id
         after = await app.kill(job_id, args.signal, args.grace)
@@ -360,6 +365,39 @@ async def kill(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"job {job_id} {after.status}" + (f" ({how})" if how != "-" else ""))
     return 0 if after.status.is_terminal else 1
+
+
+async def _kill_labelled(app: App, label: str, sig: str, grace: float | None) -> int:
+    """Kill every queued or running job with ``label`` (detached ones of no server too)."""
+    flt = JobFilter(label=label, statuses=frozenset({JobStatus.QUEUED, JobStatus.RUNNING}))
+    jobs, _ = await app.store.list_jobs(flt, limit=10_000)
+    if not jobs:
+        print(f"no queued or running job has the label {label!r}")
+        return 0
+    after = await asyncio.gather(*(app.kill(j.id, sig, grace) for j in jobs))
+    for killed in after:
+        how = ended_how_view(killed)
+        print(f"job {killed.id} {killed.status}" + (f" ({how})" if how != "-" else ""))
+    return 0 if all(v.status.is_terminal for v in after) else 1
+
+
+async def start(args: argparse.Namespace, settings: Settings) -> int:
+    """Start a detached job and print its id; this process does not wait for it (it leaves it
+    running as it stops, like any server: see runner/keeper.py)."""
+    argv: list[str] = args.argv
+    line = argv[0] if len(argv) == 1 else shlex.join(argv)
+    from .app import App  # the job stack: only the commands that run or signal a job
+
+    app = await App.open(settings)
+    try:
+        view = await app.execute(
+            line, args.cwd, _env_pairs(args.env or ()), args.timeout, args.label or [],
+            detach=True,
+        )  # fmt: skip
+    finally:
+        await app.close()
+    print(view.id)
+    return 0
 
 
 # --- the database ------------------------------------------------------------------------------

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     pty_cols: Annotated[
         int, Field(ge=10, le=1000, description="Terminal columns of PTY jobs that set none.")
     ] = 120
+    detach: Annotated[
+        bool,
+        Field(
+            description="Jobs keep running when their server stops (execute's detach default); "
+            "a later server adopts them."
+        ),
+    ] = False
     default_timeout_s: Annotated[
         float | None, Field(gt=0, description="Timeout for jobs started without timeout_s.")
     ] = None

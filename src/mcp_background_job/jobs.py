@@ -89,6 +89,8 @@ REASON_SHUTDOWN = "server shutdown"
 REASON_LOST = "lost: server exited"
 #: A job whose server died as it started it, with no process of it left and no exit status.
 REASON_NO_EXIT = "lost: no exit status recorded (it may have run)"
+#: A detached job recorded on another boot, with no end file: it died with the machine.
+REASON_REBOOTED = "lost: host rebooted"
 #: Added to the reason of a job that did not complete while its output's disk was full.
 DISK_FULL = "disk full: no space was left for its output when it ended"
 
@@ -195,6 +197,7 @@ class JobOptions:
     after: tuple[str, ...] = ()  # jobs that must end first
     run_anyway: bool = False  # start even if one of ``after`` did not complete
     rerun_of: str | None = None
+    detached: bool = False  # outlives its server (see runner/keeper.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,7 @@ class Job:
     #: When a server set out to spawn it (committed before the spawn): a queued job with it set
     #: may have run, and is never started again.
     start_attempted_at: datetime | None = None
+    detached: bool = False  # runs under a keeper, outlives its server (see runner/keeper.py)
     waiting_on: tuple[str, ...] = ()  # dependencies not ended yet (only loaded for queued jobs)
     events: tuple[JobEvent, ...] = field(default=())
 

@@ -67,6 +67,9 @@ class JobView(JobSummary):
     )
     env_keys: list[str] = Field(description="Variables the caller added (values not shown).")
     pty: bool = Field(False, description="Runs on a pseudo-terminal (stdout and stderr merged).")
+    detached: bool = Field(
+        False, description="Keeps running when its server stops; a later server adopts it."
+    )
     rows: int | None = Field(None, description="Terminal rows (PTY jobs).")
     cols: int | None = Field(None, description="Terminal columns (PTY jobs).")
     priority: int = Field(0, description="Queued jobs start highest priority first.")
@@ -241,6 +244,7 @@ def view(
         idle_timeout_s=job.idle_timeout_s,
         env_keys=sorted(job.env),
         pty=job.pty,
+        detached=job.detached,
         rows=job.rows,
         cols=job.cols,
         priority=job.priority,

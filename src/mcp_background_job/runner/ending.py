@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..capture import EndRecord, FailureLog, describe_failure
 from ..db import utcnow
 from ..errors import StorageError, TransitionConflict
-from ..jobs import ACTIVE, JobStatus, signal_name
+from ..jobs import ACTIVE, REASON_NO_EXIT, JobStatus, signal_name
 from ..store import STORAGE_FAILURES
 from .table import log_task_end
 
@@ -118,9 +119,19 @@ class Ends:
         loop = asyncio.get_running_loop()
         loop.remove_reader(entry.pidfd)
         os.close(entry.pidfd)
-        returncode = entry.popen.wait()  # already exited: reaps at once
-        entry.exited = EndRecord(returncode, utcnow(), self.ingester.disk_full())
-        if entry.start_failed is None:
+        # Already exited: reaps at once (an adopted keeper is not our child: no status here).
+        returncode = entry.popen.wait() if entry.popen is not None else None
+        kept = self.ingester.read_end(job_id) if entry.detached else None
+        if kept is not None:
+            # The keeper recorded the job's true end (its own status says nothing of the job).
+            entry.exited = kept
+        elif returncode is None:
+            # The keeper died without writing it (SIGKILLed): what the job did is not known.
+            entry.lost = REASON_NO_EXIT
+            entry.exited = EndRecord(-signal.SIGKILL, utcnow(), self.ingester.disk_full())
+        else:
+            entry.exited = EndRecord(returncode, utcnow(), self.ingester.disk_full())
+        if entry.start_failed is None and entry.lost is None and kept is None:
             # Before any database write: whoever takes the job over records this true end if
             # this server cannot (a job stopped because its start was not recorded has none).
             self.ingester.write_end(job_id, entry.exited)
@@ -182,6 +193,10 @@ class Ends:
             )
             break
         self.ingester.clear_end(job_id)
+        if entry.detached:
+            # Not in the watchdog's list, so maintenance never lets go of its spool files: now
+            # (what a process it left writes after this is not stored, as for any job).
+            self.ingester.release(job_id)
         self.table.running.pop(job_id, None)
         self.table.set_done(job_id)
         self.table.wake.set()
@@ -198,6 +213,14 @@ class Ends:
             raise  # the database: tried again (the output before the status)
         except Exception:  # a bug storing or masking: the status must still be recorded
             log.exception("final_ingest_failed id=%s", job_id)
+        if entry.lost is not None:
+            return await self.store.transition(
+                job_id,
+                JobStatus.FAILED,
+                server_id=self.server_id,
+                reason=entry.lost,
+                only_from=ACTIVE,
+            )
         if entry.start_failed is not None:
             exit_code = end.returncode if end.returncode >= 0 else None
             sig = signal_name(-end.returncode) if end.returncode < 0 else None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .. import proctree, ptyjob
 from ..errors import JobStateError
 from ..jobs import EndCause, JobStatus
+from . import keeper
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -84,11 +85,13 @@ class JobInput:
                 stdin.write(step)
             elif step is None:
                 stdin.close()
+                if entry.detached:
+                    keeper.end_input(entry.pid)  # it holds the FIFO open too
             else:
                 if step in (signal.SIGINT, signal.SIGQUIT):
                     await self.store.request_end(job.id, EndCause.INTERRUPT)
                 log.info("job_key_signal id=%s signal=%s", job.id, step.name)
-                proctree.signal_group(entry.popen.pid, step)
+                proctree.signal_group(entry.pid, step)
 
     def _entry(self, job: Job) -> Running:
         entry = self.table.running.get(job.id)
@@ -124,7 +127,7 @@ class JobInput:
             return None
         unread = entry.stdin.get_write_buffer_size()
         terminal = entry.terminal
-        pid, pid_start = entry.popen.pid, entry.pid_start
+        pid, pid_start = entry.pid, entry.pid_start
         try:
             if terminal is not None:
                 unread += terminal.pending_input()

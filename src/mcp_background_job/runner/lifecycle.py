@@ -20,6 +20,7 @@ from ..errors import TransitionConflict
 from ..isolation import Isolation
 from ..jobs import EndCause, JobOptions, JobStatus, ServerInstance, signal_name
 from ..store import STORAGE_FAILURES
+from .adopting import Adopter
 from .ending import Ends, EndWatch
 from .jobinput import JobInput
 from .starting import Starter
@@ -91,6 +92,10 @@ class Runner:
             settings, store, ingester, self._table, self._trees, server_id=self.server_id,
             boot_id=self.boot_id, hostname=socket.gethostname(), on_ended=on_ended,
         )  # fmt: skip
+        self._upkeep.adopter = Adopter(
+            store, ingester, self._table, self._ends, self._arm_timers,
+            server_id=self.server_id, boot_id=self.boot_id,
+        )  # fmt: skip
 
     # --- life of the runner ---------------------------------------------------------------
 
@@ -145,6 +150,9 @@ class Runner:
                 if task.get_name() != "ingest":
                     task.cancel()
             running = list(self._table.running)
+        left = [j for j in running if self._leaves_running(j)]
+        running = [j for j in running if j not in left]
+        await self._leave_running(left)
         # Concurrently: the writes share a commit.
         requested = await asyncio.gather(
             *(self._request_end(j, EndCause.SHUTDOWN) for j in running),
@@ -165,6 +173,31 @@ class Runner:
             self._table.queued,
             loop.time() - began,
         )
+
+    def _leaves_running(self, job_id: str) -> bool:
+        entry = self._table.running[job_id]
+        return entry.detached and entry.exited is None
+
+    async def _leave_running(self, job_ids: Sequence[str]) -> None:
+        """Shutdown: let go of detached jobs, which keep running under their keepers: their
+        output so far stored, an event on each, and nothing of them held (a later server
+        adopts them, see ``Upkeep``)."""
+        loop = asyncio.get_running_loop()
+        for job_id in job_ids:
+            entry = self._table.running.pop(job_id)
+            loop.remove_reader(entry.pidfd)
+            os.close(entry.pidfd)
+            for timer in (entry.timer, entry.idle_timer):
+                if timer is not None:
+                    timer.cancel()
+            if entry.stdin is not None:
+                entry.stdin.abort()  # its keeper holds the FIFO open: no end of input
+            try:
+                await self.ingester.flush(job_id)
+                await self.store.note(job_id, "left running: detached", server_id=self.server_id)
+            except STORAGE_FAILURES as exc:  # the next server stores it from the spool files
+                log.warning("job_left_note_failed id=%s reason=%s", job_id, describe_failure(exc))
+            log.info("job_left_running id=%s pid=%d (detached)", job_id, entry.pid)
 
     async def _finish_ends(self, running: Sequence[str]) -> list[str]:
         """Shutdown: give the last output and the ends a moment to be stored; returns the jobs
@@ -304,7 +337,7 @@ class Runner:
         entry = self._table.running.get(job_id)
         if entry is not None:
             if entry.exited is not None or not proctree.is_alive(
-                entry.popen.pid, entry.pid_start, self.boot_id
+                entry.pid, entry.pid_start, self.boot_id
             ):
                 return None  # (a zombie not reaped yet counts as exited)
         else:

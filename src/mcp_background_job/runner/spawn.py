@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .. import proctree, ptyjob
 from ..jobs import Stream
+from . import keeper
 from .table import Running
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ def spawn(
             if job.pty:
                 _on_failure(stack, lambda: os.close(out))  # the terminal takes it on success
                 popen, terminal, stdin = _spawn_on_terminal(stack, job, env, settings, isolation)
+            elif job.detached:
+                stack.callback(os.close, out)
+                popen, stdin = _spawn_kept(stack, job, env, isolation, writers, ingester)
+                terminal = None
             else:
                 stack.callback(os.close, out)
                 popen, stdin = _spawn_on_pipe(stack, job, env, isolation, writers)
@@ -84,11 +89,13 @@ def spawn(
             terminal.attach(out)  # the server appends what the job prints
         entry = Running(
             job.id,
+            popen.pid,
             popen,
             proctree.start_time(popen.pid),
             pidfd,
             terminal=terminal,
             idle_timeout_s=job.idle_timeout_s,
+            detached=job.detached,
         )
         if terminal is None:
             entry.stdin_pipe = ptyjob.fd_identity(stdin)
@@ -137,6 +144,34 @@ def _spawn_on_pipe(
     popen = subprocess.Popen(
         isolation.argv(job.shell, job.command, job.cwd, job.id),
         stdin=stdin_r,
+        stdout=writers[Stream.STDOUT],
+        stderr=writers[Stream.STDERR],
+        cwd=job.cwd,
+        env=env,
+        start_new_session=True,
+        close_fds=True,
+    )
+    return popen, stdin_w
+
+
+def _spawn_kept(
+    stack: contextlib.ExitStack[bool | None],
+    job: Job,
+    env: dict[str, str],
+    isolation: Isolation,
+    writers: dict[Stream, int],
+    ingester: Ingester,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A detached job: under its keeper (see ``keeper``), in a session of its own, its stdin a
+    FIFO in the spool directory that a later server can reopen."""
+    spool = ingester.spool_dir
+    fifo = keeper.make_fifo(spool, job.id)
+    _on_failure(stack, fifo.unlink)
+    stdin_w = keeper.open_input(spool, job.id)
+    _on_failure(stack, lambda: os.close(stdin_w))
+    popen = subprocess.Popen(
+        keeper.argv(spool, job.id, isolation.argv(job.shell, job.command, job.cwd, job.id)),
+        stdin=subprocess.DEVNULL,
         stdout=writers[Stream.STDOUT],
         stderr=writers[Stream.STDERR],
         cwd=job.cwd,

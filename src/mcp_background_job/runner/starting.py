@@ -256,9 +256,10 @@ class Starter:
         """Watch the spawned job's exit and output, open its input, and record it running; if
         that write fails, stop it at once (see the package docstring, step 4)."""
         entry = spawned.entry
-        popen = entry.popen
+        pid = entry.pid
         self.table.running[job.id] = entry
-        self.watchdog.watch(job.id, popen.pid, entry.pid_start)
+        if not entry.detached:  # a detached job outlives this server: the watchdog leaves it
+            self.watchdog.watch(job.id, pid, entry.pid_start)
         self.table.done.setdefault(job.id, asyncio.Event())
         loop = asyncio.get_running_loop()
         loop.add_reader(entry.pidfd, self.ends.on_exit, job.id)
@@ -274,12 +275,12 @@ class Starter:
                 JobStatus.RUNNING,
                 server_id=self.server_id,
                 only_from=frozenset({JobStatus.QUEUED}),
-                pid=popen.pid,
+                pid=pid,
                 pid_start=entry.pid_start,
                 boot_id=self.boot_id,
                 started_at=spawned_at,
             )
-            log.info("job_started id=%s pid=%d pty=%s", job.id, popen.pid, job.pty)
+            log.info("job_started id=%s pid=%d pty=%s", job.id, pid, job.pty)
             self._arm_timers(entry, job)
         except TransitionConflict:
             # Killed while it was being started: stop what we just started.

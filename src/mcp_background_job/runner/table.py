@@ -32,9 +32,13 @@ class StdinProtocol(asyncio.BaseProtocol):
 @dataclass(slots=True)
 class Running:
     job_id: str
-    popen: subprocess.Popen[bytes]
+    #: The job's process: its main process, or for a detached job its keeper (runner/keeper.py).
+    pid: int
+    #: None for a detached job adopted from another server (its keeper is not our child).
+    popen: subprocess.Popen[bytes] | None
     pid_start: int | None
     pidfd: int
+    detached: bool = False
     terminal: Terminal | None = None
     stdin: asyncio.WriteTransport | None = None
     stdin_proto: StdinProtocol | None = None
@@ -47,6 +51,7 @@ class Running:
     exited: EndRecord | None = None  # its main process has ended (the end may not be recorded)
     start_failed: str | None = None  # why its running row could not be written (it was stopped)
     end_error: str | None = None  # why its end could not be recorded yet (retrying)
+    lost: str | None = None  # a detached job whose end is not known: failed with this reason
 
 
 class JobTable:

@@ -41,7 +41,7 @@ class Trees:
         could not be recorded, or it was killed meanwhile)."""
         entry = self.table.running.get(job_id)
         if entry is not None:
-            pids = proctree.job_tree(job_id, entry.popen.pid, entry.pid_start)
+            pids = proctree.job_tree(job_id, entry.pid, entry.pid_start)
             proctree.signal_pids(pids, signal.SIGKILL)
 
     async def stop(self, job: Job, sig: signal.Signals, grace_s: float) -> None:
@@ -57,6 +57,9 @@ class Trees:
                 # Its group also holds what left the tree (new session, marker cleared, parent
                 # gone): no process of the job escapes the signal.
                 pids |= proctree.live(cgroups.procs(job.id))
+            if job.detached:
+                # Its keeper records the job's end, and exits by itself once the job has.
+                pids.discard(job.pid or 0)
             return pids
 
         loop = asyncio.get_running_loop()
@@ -143,7 +146,7 @@ class Trees:
         """Collect the exit status of adopted orphans that died (subreaper only)."""
         if self.subreaper:
             procs = await asyncio.to_thread(proctree.snapshot)
-            keep = {e.popen.pid for e in self.table.running.values()}
+            keep = {e.pid for e in self.table.running.values()}
             if self.watchdog.pid is not None:
                 keep.add(self.watchdog.pid)
             proctree.reap_orphans(procs, keep)

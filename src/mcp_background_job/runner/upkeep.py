@@ -14,7 +14,7 @@ from .. import proctree
 from ..capture import describe_failure
 from ..db import utcnow
 from ..errors import TransitionConflict
-from ..jobs import ACTIVE, REASON_LOST, REASON_NO_EXIT, JobStatus
+from ..jobs import ACTIVE, REASON_LOST, REASON_NO_EXIT, REASON_REBOOTED, JobStatus
 from ..store import STORAGE_FAILURES, PruneResult
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..config import Settings
     from ..jobs import Job
     from ..store import Store
+    from .adopting import Adopter
     from .ending import OnEnded
     from .table import JobTable
     from .trees import Trees
@@ -61,6 +62,8 @@ class Upkeep:
         self.boot_id = boot_id
         self.hostname = hostname
         self.on_ended = on_ended
+        #: Takes over running detached jobs (see ``adopting``); set by the runner.
+        self.adopter: Adopter | None = None
         self._unsettled: set[str] = set()  # taken over, end not written yet (see reconcile)
         self._caught_up = asyncio.Event()
 
@@ -88,6 +91,8 @@ class Upkeep:
             elif await self._settle(job) is JobStatus.FAILED:
                 failed += 1
         for job in await self.store.orphaned_jobs(dead):
+            if self.adopter is not None and await self.adopter.adopt(job):
+                continue  # a detached job that runs on: adopted (here or by another server)
             if not await self.store.claim(job.id, job.owner_id, self.server_id):
                 continue  # another server is reconciling it
             if job.status is JobStatus.QUEUED and job.start_attempted_at is None:
@@ -156,6 +161,10 @@ class Upkeep:
                 # A process still alive means it ran: lost like any running job of a dead
                 # server. None alive and no end: it may have run, its exit status is unknown.
                 reason = REASON_LOST if job.status is JobStatus.RUNNING or alive else REASON_NO_EXIT
+                if job.detached and job.boot_id not in (None, self.boot_id):
+                    reason = REASON_REBOOTED  # its keeper died with the machine
+                elif job.detached and not alive:
+                    reason = REASON_NO_EXIT  # its keeper was killed before it could write it
                 done = await self.store.transition(
                     job.id,
                     JobStatus.FAILED,

@@ -150,6 +150,7 @@ class Store:
             after=tuple(sorted(set(opts.after))),
             run_anyway=opts.run_anyway,
             rerun_of=opts.rerun_of,
+            detached=opts.detached,
             boot_id=starting_on,
             start_attempted_at=now if starting_on is not None else None,
             events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
@@ -246,6 +247,21 @@ class Store:
         """Take over an active job of a dead server; False if another server took it first."""
         return await self._write(
             partial(lifecycle.claim, job_id=job_id, from_owner=from_owner, to_owner=to_owner)
+        )
+
+    async def note(self, job_id: str, reason: str, *, server_id: str) -> bool:
+        """An event on a running job of ``server_id`` without a status change; False if it is
+        not running there any more."""
+        return await self._write(
+            partial(lifecycle.note, job_id=job_id, reason=reason, server_id=server_id,
+                    owner=server_id)
+        )  # fmt: skip
+
+    async def adopt(self, job_id: str, from_owner: str | None, to_owner: str) -> bool:
+        """Take over a running detached job of a server that is gone, with an "adopted" event;
+        False if another server took it first (a compare-and-set on the owner)."""
+        return await self._write(
+            partial(lifecycle.adopt, job_id=job_id, from_owner=from_owner, to_owner=to_owner)
         )
 
     async def queue_state(

@@ -256,6 +256,36 @@ def claim(conn: Connection, job_id: str, from_owner: str | None, to_owner: str) 
     return conn.execute(stmt).rowcount == 1
 
 
+def note(conn: Connection, job_id: str, reason: str, server_id: str, owner: str) -> bool:
+    """An event row on a running job of ``owner`` without a status change (detach: "left
+    running", "adopted"); False if it is not running there any more."""
+    status = conn.execute(
+        select(JobRow.status).where(JobRow.id == job_id, JobRow.owner_id == owner)
+    ).scalar_one_or_none()
+    if status != JobStatus.RUNNING:
+        return False
+    conn.execute(
+        insert(JobEventRow),
+        {
+            "job_id": job_id,
+            "at": utcnow(),
+            "from_status": status,
+            "to_status": status,
+            "reason": reason,
+            "server_id": server_id,
+        },
+    )
+    return True
+
+
+def adopt(conn: Connection, job_id: str, from_owner: str | None, to_owner: str) -> bool:
+    """Claim a running detached job of a server that is gone, with its "adopted" event, in one
+    transaction: a compare-and-set on the owner, so one server wins."""
+    if not claim(conn, job_id, from_owner, to_owner):
+        return False
+    return note(conn, job_id, f"adopted from server {from_owner}", to_owner, to_owner)
+
+
 def queue_state(
     conn: Connection, owner_id: str, limit: int, starting: frozenset[str]
 ) -> QueueState:

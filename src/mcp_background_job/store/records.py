@@ -86,6 +86,7 @@ def job_of(row: Row[Any], events: Sequence[JobEvent] = (), waiting_on: tuple[str
         run_anyway=bool(m["run_anyway"]),
         rerun_of=m["rerun_of"],
         start_attempted_at=m["start_attempted_at"],
+        detached=bool(m["detached"]),
         waiting_on=waiting_on,
         events=tuple(events),
     )
@@ -111,6 +112,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "run_anyway": job.run_anyway,
         "rerun_of": job.rerun_of,
         "start_attempted_at": job.start_attempted_at,
+        "detached": job.detached,
         "boot_id": job.boot_id,
     }
 

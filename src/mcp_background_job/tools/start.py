@@ -88,6 +88,14 @@ async def execute(
             description="Seconds; kill the job (status timed_out) if it prints nothing this long."
         ),
     ] = None,
+    detach: Annotated[
+        bool | None,
+        Field(
+            description="Keep running when this server stops (session end, restart); a later "
+            "server adopts it and records its true end. Default: the server's setting (off). "
+            "Not with pty."
+        ),
+    ] = None,
     app: App = Depends(get_app),
     client: Client = Depends(get_client),
 ) -> JobView:
@@ -98,7 +106,7 @@ async def execute(
     part that matched, and nothing is run."""
     started = app.execute(
         command, cwd, env, timeout_s, labels, pty, rows, cols, priority, after, run_anyway,
-        idle_timeout_s, client=client,
+        idle_timeout_s, detach, client=client,
     )  # fmt: skip
     return await tool_call(started)
 
