@@ -159,7 +159,7 @@ class JobRow(Base):
     # Committed before the job's process is spawned (migration 0007): a queued job with it set
     # may have run, and is never started again (see runner/starting.py).
     start_attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Outlives its server under a keeper; adopted by a later server (migration 0011).
+    # Outlives its server under a keeper; adopted by a later server (migration 0009).
     detached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 

@@ -1,8 +1,8 @@
 """jobs.detached: a job that outlives its server (issue 15)
 
-Revision ID: 0011
+Revision ID: 0009
 Revises: 0008
-Create Date: 2027-01-10
+Create Date: 2026-12-01
 
 A detached job runs under a small POSIX-sh keeper in a session of its own, which records its
 true end in the spool directory; its server's watchdog and shutdown leave it running, and a later
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = "0011"
+revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
