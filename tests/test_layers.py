@@ -37,7 +37,7 @@ ROOT = "__init__"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The vocabulary, and the stdlib-only helpers run as scripts (see STANDALONE).
     ("leaves", (ROOT, "errors", "jobs", "_sandbox", "_watchdog")),
-    ("config", ("config", "patterns")),
+    ("config", ("config", "patterns", "dburl")),
     # Pure functions over text, commands and results: no I/O, no database, no processes.
     (
         "pure",

@@ -313,7 +313,8 @@ def _main(argv: Sequence[str] | None) -> None:
     if serving:
         _serve(settings)
         return
-    if args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING:
+    existing = args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING
+    if existing and isinstance(settings.db, Path):  # PostgreSQL: checked when opened
         _check_exists(settings.db)
     from . import commands
 
@@ -358,7 +359,8 @@ def _serve(settings: Settings) -> None:
     try:
         # Before fastmcp is imported (over a second): a file that cannot be the database is
         # refused at once. Opening it (in the lifespan) catches the rest.
-        db.check_for_writing(settings.db)
+        if isinstance(settings.db, Path):
+            db.check_for_writing(settings.db)
     except StorageError as exc:
         _fail(str(exc), 1)
     from .server import create_server, serve_stdio  # fastmcp is slow to import: --help is fast

@@ -10,6 +10,7 @@ A malformed value is an error at start-up, never a silent fallback to defaults.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dburl import check_url
 from .errors import InvalidRequest
 from .patterns import compile_pattern
 
@@ -136,9 +138,10 @@ class Settings(BaseSettings):
         # ISOLATION=none. ``_none_and_sizes`` does it for optional settings only.
     )
 
-    db: Annotated[Path, Field(description="SQLite database file.")] = Field(
-        default_factory=default_db_path
-    )
+    db: Annotated[
+        Path | str,
+        Field(description="SQLite database file, or a PostgreSQL URL (postgresql://user@host/db)."),
+    ] = Field(default_factory=default_db_path)
     spool_dir: Annotated[
         Path | None,
         Field(description="Where jobs write stdout/stderr before ingestion; default: DB.spool/"),
@@ -339,17 +342,19 @@ class Settings(BaseSettings):
 
     @field_validator("db", mode="before")
     @classmethod
-    def _not_a_url(cls, value: Any) -> Any:
-        # A URL given as a path became a file in a new directory named "postgresql:".
+    def _path_or_url(cls, value: Any) -> Any:
+        # A URL given as a path became a file in a new directory named "postgresql:": a URL is
+        # a PostgreSQL database (kept as text) or refused, anything else is a path.
         if isinstance(value, (str, Path)) and _URL.match(str(value)):
-            raise ValueError(
-                f"{str(value)!r} is a URL; only an SQLite file is supported (PostgreSQL is not "
-                "yet): pass a file path such as ~/.local/state/mcp-background-job/jobs.db. A "
-                "path that really starts like this can be written ./" + str(value)
-            )
-        return value
+            return check_url(str(value))
+        return Path(value) if isinstance(value, str) else value
 
-    @field_validator("db", "spool_dir")
+    @field_validator("db")
+    @classmethod
+    def _absolute_db(cls, value: Path | str) -> Path | str:
+        return value if isinstance(value, str) else value.expanduser().absolute()
+
+    @field_validator("spool_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
@@ -398,4 +403,11 @@ class Settings(BaseSettings):
 
     @property
     def spool_path(self) -> Path:
-        return self.spool_dir or self.db.with_name(self.db.name + ".spool")
+        if self.spool_dir is not None:
+            return self.spool_dir
+        if isinstance(self.db, str):
+            # Spool files are this machine's: beside the default database, one folder per
+            # PostgreSQL database (named by a digest of its URL).
+            digest = hashlib.sha256(self.db.encode()).hexdigest()[:12]
+            return default_db_path().with_name(f"postgresql-{digest}.spool")
+        return self.db.with_name(self.db.name + ".spool")

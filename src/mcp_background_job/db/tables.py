@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..jobs import AUDIT_KINDS, JobStatus, Stream
+from .dialects import INT64
 
 #: Read-only views for ``sqlite3`` users (migration 0002): one row per job with its duration and
 #: output sizes; output chunks as text; each job's whole output as text.
@@ -105,7 +106,7 @@ class ServerRow(Base):
     __tablename__ = "servers"
     id: Mapped[str] = mapped_column(String, primary_key=True)
     pid: Mapped[int] = mapped_column(Integer)
-    pid_start: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(INT64)
     boot_id: Mapped[str | None] = mapped_column(String)
     hostname: Mapped[str] = mapped_column(String)
     version: Mapped[str] = mapped_column(String)
@@ -139,15 +140,15 @@ class JobRow(Base):
     timeout_s: Mapped[float | None] = mapped_column(Float)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
     pid: Mapped[int | None] = mapped_column(Integer)
-    pid_start: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(INT64)
     boot_id: Mapped[str | None] = mapped_column(String)
     end_cause: Mapped[str | None] = mapped_column(String)
-    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stdout_stored: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_stored: Mapped[int] = mapped_column(Integer, default=0)
-    stdout_dropped: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    stdout_bytes: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(INT64, default=0)
+    stdout_stored: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_stored: Mapped[int] = mapped_column(INT64, default=0)
+    stdout_dropped: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_dropped: Mapped[int] = mapped_column(INT64, default=0)
     # Interactive jobs and scheduling (migration 0004).
     pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     term_rows: Mapped[int | None] = mapped_column(Integer)
@@ -216,7 +217,7 @@ class OutputChunkRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     stream: Mapped[str] = mapped_column(String)
     seq: Mapped[int] = mapped_column(Integer)
-    byte_offset: Mapped[int] = mapped_column(Integer)
+    byte_offset: Mapped[int] = mapped_column(INT64)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 

@@ -48,7 +48,7 @@ _PRUNE_JOBS_PER_TXN = 200
 class Store:
     """Jobs, events, output chunks and server instances in one SQLite file."""
 
-    def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
+    def __init__(self, path: Path | str, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
         self._db = Connections(path, read_pool=read_pool, writer_nice=writer_nice)
         self._write = self._db.write
