@@ -171,7 +171,7 @@ def test_an_unsupported_url_is_refused_with_a_clear_error(
 ) -> None:
     clean_env.chdir(tmp_path)
     clean_env.setenv(PREFIX + "DB", url)
-    with pytest.raises(ValueError, match="does not support|names no database"):
+    with pytest.raises(ValueError, match=r"does not support|names no database"):
         Settings()
     exe = Path(sys.executable).with_name("mcp-background-job")
     for args in (["list"], ["run", "--", "true"], ["serve"]):

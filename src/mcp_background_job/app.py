@@ -29,6 +29,7 @@ from .checks import (
     MAX_PRIORITY,
     MAX_WAIT_S,
     check_execute,
+    check_host,
     check_wait,
 )
 from .config import parse_since
@@ -181,11 +182,13 @@ class App:
         rerun_of: str | None = None,
         shell: str | None = None,
         client: Client | None = None,
+        host: str | None = None,
     ) -> JobView:
         env = dict(env or {})
         timeouts = {"timeout_s": timeout_s, "idle_timeout_s": idle_timeout_s}
-        workdir = check_execute(command, cwd, env, timeouts, labels, pty=pty, rows=rows,
-                                cols=cols, priority=priority, after=after)  # fmt: skip
+        remote = check_host(host, self.settings.host, cwd, pty)
+        workdir = check_execute(command, None if remote else cwd, env, timeouts, labels, pty=pty,
+                                rows=rows, cols=cols, priority=priority, after=after)  # fmt: skip
         options = JobOptions(
             pty=pty,
             rows=(rows or self.settings.pty_rows) if pty else None,
@@ -195,11 +198,19 @@ class App:
             after=tuple([await self._dependency(d) for d in after]),
             run_anyway=run_anyway,
             rerun_of=rerun_of,
+            host=host if remote else None,
         )
-        resolved = str(workdir.resolve())
+        # Another host's directory cannot be checked here: its server fails the job if absent.
+        resolved = cwd if remote and cwd is not None else str(workdir.resolve())
         verdict = await self.admission.admit(command, resolved, client, env)
         # Secret values are never stored: the row keeps their names (see isolation.WITHHELD).
         secret = {k: v for k, v in env.items() if self.masker.is_secret(k, v)}
+        if remote and secret:
+            raise InvalidRequest(
+                f"env: {', '.join(sorted(secret))} look secret, and secret values are kept in "
+                f"this server's memory only (never stored), so host {host!r} could not get "
+                "them. Run the job without them, or from a server on that host."
+            )
         timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
         detail = _execute_detail(self.isolation, timeout, env, verdict)
         # Written with the job, in one transaction, before anything is spawned: an audit row
@@ -275,6 +286,7 @@ class App:
         since: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        host: str | None = None,
     ) -> ListResult:
         if not 1 <= limit <= 200:
             raise InvalidRequest("limit must be between 1 and 200.")
@@ -283,6 +295,7 @@ class App:
             label=label,
             command_contains=command_contains,
             since=parse_since(since) if since else None,
+            host=host,
         )
         jobs, next_cursor = await self.store.list_jobs(flt, limit=limit, cursor=cursor)
         now = utcnow()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -199,6 +200,15 @@ class Settings(BaseSettings):
         Field(description="Adopt orphaned grandchildren so kill reaches setsid/nohup children."),
     ] = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    host: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=255,
+            description="This machine's name in a shared (PostgreSQL) database: jobs record it, "
+            "and a server runs the jobs queued for its host. Default: the hostname.",
+        ),
+    ] = Field(default_factory=socket.gethostname)
     retention_max_age: Annotated[
         timedelta | None,
         Field(

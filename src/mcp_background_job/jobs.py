@@ -195,6 +195,8 @@ class JobOptions:
     after: tuple[str, ...] = ()  # jobs that must end first
     run_anyway: bool = False  # start even if one of ``after`` did not complete
     rerun_of: str | None = None
+    #: Run on another machine: its server (``host`` setting) claims and runs it (None: here).
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,8 @@ class Job:
     #: When a server set out to spawn it (committed before the spawn): a queued job with it set
     #: may have run, and is never started again.
     start_attempted_at: datetime | None = None
+    #: The machine the job runs on, or is queued for (None: recorded before hosts were).
+    host: str | None = None
     waiting_on: tuple[str, ...] = ()  # dependencies not ended yet (only loaded for queued jobs)
     events: tuple[JobEvent, ...] = field(default=())
 

@@ -124,6 +124,7 @@ class JobRow(Base):
         # Deleting a job sets rerun_of to NULL in its reruns (the foreign key): without this
         # index each deleted job meant a scan of every job (migration 0006).
         Index(None, "rerun_of"),
+        Index(None, "host", "created_at"),
     )
     id: Mapped[str] = mapped_column(String, primary_key=True)
     command: Mapped[str] = mapped_column(Text)
@@ -160,6 +161,8 @@ class JobRow(Base):
     # Committed before the job's process is spawned (migration 0007): a queued job with it set
     # may have run, and is never started again (see runner/starting.py).
     start_attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The machine the job runs on, or is queued for (migration 0012; NULL: written before).
+    host: Mapped[str | None] = mapped_column(String)
 
 
 class JobDependencyRow(Base):

@@ -87,7 +87,7 @@ class Upkeep:
                 self._unsettled.discard(job.id)
             elif await self._settle(job) is JobStatus.FAILED:
                 failed += 1
-        for job in await self.store.orphaned_jobs(dead):
+        for job in await self.store.orphaned_jobs(dead, self.hostname):
             if not await self.store.claim(job.id, job.owner_id, self.server_id):
                 continue  # another server is reconciling it
             if job.status is JobStatus.QUEUED and job.start_attempted_at is None:

@@ -110,10 +110,11 @@ class Store:
         env: Mapping[str, str],
         labels: Iterable[str],
         timeout_s: float | None,
-        owner_id: str,
+        owner_id: str | None,
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
         audit: AuditEvent | None = None,
         starting_on: str | None = None,
+        host: str | None = None,
     ) -> Job:
         """Record a new queued job with its labels and dependencies.
 
@@ -149,6 +150,7 @@ class Store:
             rerun_of=opts.rerun_of,
             boot_id=starting_on,
             start_attempted_at=now if starting_on is not None else None,
+            host=host,
             events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
         )
         row = None
@@ -304,12 +306,16 @@ class Store:
         jobs = jobs[:limit]
         return jobs, (listing.encode_list_cursor(jobs[-1]) if more else None)
 
-    async def orphaned_jobs(self, dead_owner_ids: Iterable[str]) -> list[Job]:
+    async def orphaned_jobs(
+        self, dead_owner_ids: Iterable[str], host: str | None = None
+    ) -> list[Job]:
         """Jobs nobody will look after: queued or running jobs of the given (dead) servers, of
         no server, or of servers that stopped (a stopped server's running job is one whose end
-        it could not record: it left it in the spool directory). Oldest first."""
+        it could not record: it left it in the spool directory). Oldest first. ``host``: only
+        jobs of that host (and of no recorded host): a job queued for a host has no server
+        until one there claims it."""
         dead = list(dead_owner_ids)
-        return await self._query(partial(lifecycle.orphaned_jobs, dead_owner_ids=dead))
+        return await self._query(partial(lifecycle.orphaned_jobs, dead_owner_ids=dead, host=host))
 
     # --- output ---------------------------------------------------------------------------
 

@@ -126,6 +126,8 @@ def list_query(flt: JobFilter, limit: int, cursor: str | None) -> Select[Any]:
         query = query.where(JobRow.status.in_(sorted(flt.statuses)))
     if flt.exit_code is not None:
         query = query.where(JobRow.exit_code == flt.exit_code)
+    if flt.host is not None:
+        query = query.where(JobRow.host == flt.host)
     if cursor is not None:
         after, last_id = decode_list_cursor(cursor)
         query = query.where(or_(created < after, and_(created == after, ident < last_id)))

@@ -86,6 +86,7 @@ def job_of(row: Row[Any], events: Sequence[JobEvent] = (), waiting_on: tuple[str
         run_anyway=bool(m["run_anyway"]),
         rerun_of=m["rerun_of"],
         start_attempted_at=m["start_attempted_at"],
+        host=m["host"],
         waiting_on=waiting_on,
         events=tuple(events),
     )
@@ -111,6 +112,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "run_anyway": job.run_anyway,
         "rerun_of": job.rerun_of,
         "start_attempted_at": job.start_attempted_at,
+        "host": job.host,
         "boot_id": job.boot_id,
     }
 
@@ -280,6 +282,7 @@ class JobFilter:
     until: datetime | None = None
     statuses: frozenset[JobStatus] = frozenset()  # any of these (with ``status``: both apply)
     exit_code: int | None = None
+    host: str | None = None  # jobs of this machine (the ``host`` setting of its servers)
 
 
 @dataclass(frozen=True, slots=True)

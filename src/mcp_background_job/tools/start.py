@@ -86,6 +86,14 @@ async def execute(
             description="Seconds; kill the job (status timed_out) if it prints nothing this long."
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        Field(
+            max_length=255,
+            description="Run on this machine instead (a server there, sharing this PostgreSQL "
+            "database, claims and runs it; cwd must then be an absolute path there).",
+        ),
+    ] = None,
     app: App = Depends(get_app),
     client: Client = Depends(get_client),
 ) -> JobView:
@@ -96,7 +104,7 @@ async def execute(
     part that matched, and nothing is run."""
     started = app.execute(
         command, cwd, env, timeout_s, labels, pty, rows, cols, priority, after, run_anyway,
-        idle_timeout_s, client=client,
+        idle_timeout_s, client=client, host=host,
     )  # fmt: skip
     return await tool_call(started)
 
