@@ -5,6 +5,10 @@ with different ``host`` settings on one machine, on each engine (``db_target``).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,10 +21,14 @@ from mcp_background_job.errors import InvalidRequest
 from mcp_background_job.jobs import JobStatus
 
 from .conftest import wait_for
+from .pg import PgServer
+
+CLI = Path(sys.executable).with_name("mcp-background-job")
 
 
 @pytest.fixture
-async def hosts(db_target: Path | str, tmp_path: Path) -> AsyncIterator[AsyncExitStack]:
+async def hosts() -> AsyncIterator[AsyncExitStack]:
+    """The servers a test opens (``_open``), closed at its end."""
     async with AsyncExitStack() as stack:
         yield stack
 
@@ -113,3 +121,35 @@ async def test_a_job_for_another_host_is_refused_when_it_could_not_run_there(
     with pytest.raises(InvalidRequest, match=message):
         await app.execute("true", host="elsewhere", **kwargs)  # type: ignore[arg-type]
     assert (await app.list_jobs()).jobs == []
+
+
+async def test_a_worker_runs_its_hosts_jobs_without_a_client_and_the_cli_lists_them(
+    hosts: AsyncExitStack, pg_server: PgServer, tmp_path: Path
+) -> None:
+    url = pg_server.new_database()
+    alpha = await _open(hosts, url, tmp_path, "alpha")
+    queued = await alpha.execute("echo from-worker", host="beta", cwd=str(tmp_path))
+    env = {**os.environ, "MCP_BACKGROUND_JOB_SPOOL_DIR": str(tmp_path / "worker-spool")}
+    worker = subprocess.Popen(
+        [str(CLI), "worker", "--db", url, "--host", "beta"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        done = await wait_for(lambda: _ended(alpha, queued.id), timeout=60)
+        assert done.status is JobStatus.COMPLETED
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert out == b""  # never prints to stdout
+    assert b"worker_started host=beta" in err
+    listed = subprocess.run(
+        [str(CLI), "list", "--db", url, "--host", "beta"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert queued.id in listed.stdout and "echo from-worker" in listed.stdout
+    other = subprocess.run(
+        [str(CLI), "list", "--db", url, "--host", "gamma"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert queued.id not in other.stdout

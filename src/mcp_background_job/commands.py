@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from alembic import command as alembic
 
-from . import db, history, proctree
+from . import db, history, proctree, worker
 from .config import parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobStateError, StorageError
@@ -62,6 +62,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "kill": kill,
         "stats": stats,
         "audit": audit,
+        "worker": worker.work,
         "db": prune if args.cmd == "db" and args.db_cmd == "prune" else vacuum,
     }
     return asyncio.run(handlers[args.cmd](args, settings))
@@ -97,6 +98,7 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
         since=parse_since(args.since) if args.since else None,
         until=parse_since(args.until) if args.until else None,
         exit_code=args.exit_code,
+        host=args.on_host,
     )
     store = await _reading(settings)
     try:

@@ -57,9 +57,16 @@ TRIGGERS = ("jobs_fts_insert", "jobs_fts_delete", "jobs_fts_update", "jobs_label
 SEARCH_SHADOW_TABLES = tuple(f"{SEARCH_TABLE}_{s}" for s in ("data", "idx", "docsize", "config"))
 
 
+#: PostgreSQL's command search index (migration 0005): a pg_trgm GIN index on ``jobs.command``.
+PG_SEARCH_INDEX = "ix_jobs_command_trgm"
+
+
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Alembic's filter for schema comparison: the search index is not a model (its virtual
-    table and shadow tables would otherwise show up as tables to drop)."""
+    table and shadow tables, or PostgreSQL's trigram index, would otherwise show up as things
+    to drop)."""
+    if type_ == "index":
+        return name != PG_SEARCH_INDEX
     return not (type_ == "table" and name in (SEARCH_TABLE, *SEARCH_SHADOW_TABLES))
 
 
