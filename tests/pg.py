@@ -67,8 +67,9 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    """Start a throwaway cluster; stop it and delete its files at the end."""
+def running_server(*, durable: bool = False) -> Iterator[PgServer]:
+    """Start a throwaway cluster; stop it and delete its files at the end. ``durable``: with
+    PostgreSQL's default fsync/commit settings (benchmarks), not the tests' fast ones."""
     bin_dir = server_bin()
     if bin_dir is None:
         raise FileNotFoundError("no PostgreSQL server binaries under /usr/lib/postgresql")
@@ -89,7 +90,8 @@ def running_server() -> Iterator[PgServer]:
         )  # fmt: skip
         subprocess.run(
             [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-             "-o", " ".join(["-k", str(sock), "-c", "listen_addresses=''", *_FAST,
+             "-o", " ".join(["-k", str(sock), "-c", "listen_addresses=''",
+                             *(() if durable else _FAST),
                              "-c", "max_connections=200"]),
              "start"],
             capture_output=True, check=True, timeout=120,
