@@ -34,7 +34,7 @@ from .checks import (
 )
 from .config import parse_since
 from .db import utcnow
-from .errors import InvalidRequest, JobNotFound
+from .errors import InvalidRequest, JobNotFound, JobStateError
 from .interaction import DEFAULT_INTERACT_WAIT_S, DEFAULT_SETTLE_S, Interaction
 from .isolation import WITHHELD, detect
 from .jobs import ACTIVE, JobOptions, JobStatus, parse_signal
@@ -345,6 +345,7 @@ class App:
         client: Client | None = None,
     ) -> InteractResult:
         """See ``interaction.Interaction.interact``: send input, wait until ready, read."""
+        await self._on_this_host(await self.store.resolve_id(job_id), "interact with")
         return await self.interaction.interact(
             job_id, input, wait_s, eof, until, settle_s, keys, render, client=client
         )
@@ -374,6 +375,19 @@ class App:
         """Queue bytes for the job's stdin and return at once (the command line's ``run``)."""
         await self.runner.send_input(await self.job(job_id), data, eof=eof)
 
+    async def _on_this_host(self, job_id: str, what: str) -> None:
+        """Refuse to act on the processes of a job another machine runs: its pids mean nothing
+        here. (A job queued for another host can still be killed: that is a database write.)"""
+        job = await self.store.get_job(job_id, events=False)
+        if job.host in (None, self.settings.host) or job.status is JobStatus.QUEUED:
+            return
+        if job.status.is_terminal:
+            return
+        raise JobStateError(
+            f"job {job_id} runs on host {job.host!r}, not here ({self.settings.host!r}): {what} "
+            "it through a server on that host (its processes cannot be reached from here)."
+        )
+
     async def kill(
         self,
         job_id: str,
@@ -386,6 +400,7 @@ class App:
         if not 0 <= grace <= 300:
             raise InvalidRequest("grace_s must be between 0 and 300 seconds.")
         job_id = await self.store.resolve_id(job_id)
+        await self._on_this_host(job_id, "kill")
         job = await self.runner.kill(job_id, sig, grace)
         facts = {"signal": sig.name, "grace_s": grace, "status": job.status}
         await self.admission.audit("kill", client, job_id=job_id, detail=facts)
