@@ -24,6 +24,13 @@ if connection is not None:
     run(connection)
 else:
     settings = Settings()
+    if isinstance(settings.db, str):  # PostgreSQL: transactional DDL, nothing to switch off
+        pg_engine = make_sync_engine(settings.db)
+        with pg_engine.connect() as conn:
+            run(conn)
+            conn.commit()
+        pg_engine.dispose()
+        raise SystemExit(0)
     ensure_db_file(settings.db)
     engine = make_sync_engine(settings.db)
     with engine.connect() as conn:

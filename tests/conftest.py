@@ -1,9 +1,10 @@
-"""Shared fixtures: real SQLite files migrated by Alembic, real settings, a real App."""
+"""Shared fixtures: real SQLite files migrated by Alembic, real settings, a real App; a real
+PostgreSQL server per test process for the tests that run on both engines (``db_target``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,11 @@ import pytest
 from mcp_background_job.app import App
 from mcp_background_job.config import Settings
 from mcp_background_job.store import Store
+
+from .pg import PgServer, running_server, server_bin
+
+#: The engines the storage, migration and the core app/e2e tests run on (``db_target``).
+ENGINES = ("sqlite", "postgresql")
 
 
 async def wait_for(
@@ -31,6 +37,24 @@ async def wait_for(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL cluster for this test process (each xdist worker has its own)."""
+    if server_bin() is None:
+        pytest.skip("the PostgreSQL server is not installed (apt-get install postgresql)")
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(params=ENGINES)
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A new database on each engine: an SQLite file path, or a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "jobs.db"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return server.new_database()
 
 
 @pytest.fixture

@@ -18,6 +18,12 @@ from mcp_background_job.models import OutputResult
 from .conftest import wait_for
 
 
+@pytest.fixture
+def settings(db_target: Path | str) -> Settings:
+    """The app tests run on each engine (``db_target``): an SQLite file and PostgreSQL."""
+    return Settings(db=db_target, subreaper=False, kill_grace_s=2.0)
+
+
 async def _ended(app: App, job_id: str, timeout: float = 15) -> Job:
     assert await app.runner.wait_end(job_id, timeout), "job did not end"
     return await app.store.get_job(job_id)

@@ -79,6 +79,9 @@ def documented_values(name: str, field: FieldInfo) -> list[tuple[str, Any]]:
         values += list(AGES.items())
     elif base is Path:
         values.append(("/tmp/settings-test/jobs.db", Path("/tmp/settings-test/jobs.db")))
+    elif name == "db":  # a file, or a PostgreSQL database (kept as its URL)
+        values.append(("/tmp/settings-test/jobs.db", Path("/tmp/settings-test/jobs.db")))
+        values.append(("postgresql://u@/jobs?host=/tmp", "postgresql://u@/jobs?host=/tmp"))
     elif base is str:
         values.append(("/bin/bash", "/bin/bash"))
     elif name == "isolation_cache_dirs":  # paths as written: absolute, or ~/ (the server's home)
@@ -154,14 +157,21 @@ def test_the_command_line_takes_isolation_none(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://user@localhost/jobs", "sqlite:////tmp/jobs.db", "file:///tmp/jobs.db"]
+    "url",
+    [
+        "sqlite:////tmp/jobs.db",
+        "file:///tmp/jobs.db",
+        "mysql://user@localhost/jobs",
+        "postgresql+asyncpg://user@localhost/jobs",
+        "postgresql://user@localhost/",
+    ],
 )
-def test_a_url_is_refused_with_a_clear_error(
+def test_an_unsupported_url_is_refused_with_a_clear_error(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, url: str
 ) -> None:
     clean_env.chdir(tmp_path)
     clean_env.setenv(PREFIX + "DB", url)
-    with pytest.raises(ValueError, match="is a URL; only an SQLite file is supported"):
+    with pytest.raises(ValueError, match=r"does not support|names no database"):
         Settings()
     exe = Path(sys.executable).with_name("mcp-background-job")
     for args in (["list"], ["run", "--", "true"], ["serve"]):
@@ -174,8 +184,31 @@ def test_a_url_is_refused_with_a_clear_error(
             check=False,
         )
         assert proc.returncode == 2, (args, proc.stderr)
-        assert b"is a URL" in proc.stderr and b"Traceback" not in proc.stderr
+        assert b"does not support" in proc.stderr or b"names no database" in proc.stderr
+        assert b"Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no "postgresql:" directory, no file
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user@db.example/jobs",
+        "postgres://user:pw@localhost:5433/jobs?sslmode=require",
+        "postgresql://postgres@/jobs?host=/run/postgresql",
+        "postgresql+psycopg://user@localhost/jobs",
+    ],
+)
+def test_a_postgresql_url_is_kept_as_a_url(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, url: str
+) -> None:
+    clean_env.chdir(tmp_path)
+    clean_env.setenv(PREFIX + "DB", url)
+    settings = Settings()
+    assert settings.db == url  # not a path (which would collapse the //)
+    # Spool files stay on this machine, outside the current directory.
+    assert settings.spool_path.name.startswith("postgresql-")
+    assert tmp_path not in settings.spool_path.parents
+    assert Settings(db=Path("relative.db")).db == tmp_path / "relative.db"
 
 
 def test_building_settings_does_not_load_the_shell_parser() -> None:

@@ -43,9 +43,10 @@ LOCKER = (
 
 
 @contextlib.contextmanager
-def write_lock(db: Path) -> Iterator[subprocess.Popen[str]]:
+def write_lock(db: Path | str) -> Iterator[subprocess.Popen[str]]:
     """Another process holding ``BEGIN IMMEDIATE`` on the database, as a ``sqlite3`` user might;
     released when the block ends (or earlier, with ``release``)."""
+    assert isinstance(db, Path), "an SQLite file (these tests use SQLite)"
     proc = subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(db)],
         stdin=subprocess.PIPE,
@@ -67,7 +68,8 @@ def release(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=30)
 
 
-def sql(db: Path, statement: str) -> list[tuple[object, ...]]:
+def sql(db: Path | str, statement: str) -> list[tuple[object, ...]]:
+    assert isinstance(db, Path), "an SQLite file (these tests use SQLite)"
     con = sqlite3.connect(db, timeout=30)
     try:
         with con:
@@ -76,7 +78,8 @@ def sql(db: Path, statement: str) -> list[tuple[object, ...]]:
         con.close()
 
 
-def status(db: Path, job_id: str) -> str:
+def status(db: Path | str, job_id: str) -> str:
+    assert isinstance(db, Path), "an SQLite file (these tests use SQLite)"
     return str(sql(db, f"select status from jobs where id = '{job_id}'")[0][0])
 
 

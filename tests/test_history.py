@@ -33,7 +33,8 @@ async def old_store(tmp_path: Path) -> AsyncIterator[Store]:
     await store.close()
 
 
-def _ids(path: Path) -> set[str]:
+def _ids(path: Path | str) -> set[str]:
+    assert isinstance(path, Path), "an SQLite file (these tests use SQLite)"
     con = sqlite3.connect(path)
     try:
         return {r[0] for r in con.execute("select id from jobs")}

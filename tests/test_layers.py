@@ -37,7 +37,7 @@ ROOT = "__init__"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The vocabulary, and the stdlib-only helpers run as scripts (see STANDALONE).
     ("leaves", (ROOT, "errors", "jobs", "_sandbox", "_watchdog")),
-    ("config", ("config", "patterns")),
+    ("config", ("config", "patterns", "dburl")),
     # Pure functions over text, commands and results: no I/O, no database, no processes.
     (
         "pure",
@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The only layer that knows MCP (``tools`` registered by ``server``).
     ("mcp", ("tools", "server", "stdio")),
     # The command line for people (``serve`` hands over to the MCP layer).
-    ("cli", ("cli", "commands", "history", "report")),
+    ("cli", ("cli", "commands", "history", "report", "worker")),
 ]
 
 #: Modules that import nothing from the package at all: they run as scripts (``python -I -S``).

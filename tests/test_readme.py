@@ -58,6 +58,7 @@ async def history(tmp_path: Path) -> AsyncIterator[History]:
             jobs.append(view.id)
     finally:
         await app.close()
+    assert isinstance(settings.db, Path)
     yield History(settings.db, *jobs)
 
 

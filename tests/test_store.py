@@ -1,4 +1,5 @@
-"""The storage gateway on a real migrated SQLite file."""
+"""The storage gateway on a real migrated database: an SQLite file and a PostgreSQL database
+(every test that takes ``store`` runs on both)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import ast
 import asyncio
 import dataclasses
 import inspect
-import sqlite3
 import threading
 from collections.abc import Iterable
 from datetime import timedelta
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 import mcp_background_job
 from mcp_background_job import db
@@ -45,6 +46,15 @@ from mcp_background_job.store import (
 )
 
 from .conftest import wait_for
+
+
+@pytest.fixture
+async def store(db_target: Path | str) -> Any:
+    """This module's store: on each engine (``db_target``)."""
+    s = Store(db_target)
+    await s.open()
+    yield s
+    await s.close()
 
 
 async def _server(store: Store, sid: str = "srv000000001") -> str:
@@ -112,9 +122,10 @@ async def test_concurrent_transitions_exactly_one_wins(store: Store) -> None:
 
 async def test_a_second_process_sees_the_same_data(store: Store) -> None:
     await _job(store, "aaa000000001")
-    con = sqlite3.connect(store.path)
-    assert con.execute("select status from jobs").fetchall() == [("queued",)]
-    con.close()
+    engine = db.make_sync_engine(store.path, writer=False, pool_size=1)
+    with engine.connect() as con:
+        assert con.exec_driver_sql("select status from jobs").all() == [("queued",)]
+    engine.dispose()
 
 
 async def test_resolve_id_by_prefix(store: Store) -> None:
@@ -410,14 +421,14 @@ async def test_the_audit_record_is_one_definition_stored_and_shown_whole(store: 
         assert listed == recorded
         view = AuditView.of(listed).model_dump()
         assert view == {f: getattr(listed, f) for f in event_fields}
-    with pytest.raises(sqlite3.IntegrityError):
+    engine = db.make_sync_engine(store.path, pool_size=1)
+    with pytest.raises(IntegrityError), engine.begin() as con:
         # The CHECK constraint holds the column to the same kinds.
-        con = sqlite3.connect(store.path)
-        with con:
-            con.execute(
-                "insert into audit_events (at, server_id, kind, detail) "
-                "values ('2026-01-01 00:00:00', 's', 'nonsense', '{}')"
-            )
+        con.exec_driver_sql(
+            "insert into audit_events (at, server_id, kind, detail) "
+            "values ('2026-01-01 00:00:00', 's', 'nonsense', '{}')"
+        )
+    engine.dispose()
 
 
 async def test_output_counters_are_typed_per_stream(store: Store) -> None:

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit on PostgreSQL (INTEGER is 32-bit there); SQLite's INTEGER is 64-bit already.
+INT64 = sa.Integer().with_variant(sa.BigInteger(), "postgresql")
+
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -22,7 +25,7 @@ def upgrade() -> None:
         "servers",
         sa.Column("id", sa.String(), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
-        sa.Column("pid_start", sa.Integer(), nullable=True),
+        sa.Column("pid_start", INT64, nullable=True),
         sa.Column("boot_id", sa.String(), nullable=True),
         sa.Column("hostname", sa.String(), nullable=False),
         sa.Column("version", sa.String(), nullable=False),
@@ -47,15 +50,15 @@ def upgrade() -> None:
         sa.Column("timeout_s", sa.Float(), nullable=True),
         sa.Column("owner_id", sa.String(), nullable=True),
         sa.Column("pid", sa.Integer(), nullable=True),
-        sa.Column("pid_start", sa.Integer(), nullable=True),
+        sa.Column("pid_start", INT64, nullable=True),
         sa.Column("boot_id", sa.String(), nullable=True),
         sa.Column("end_cause", sa.String(), nullable=True),
-        sa.Column("stdout_bytes", sa.Integer(), nullable=False),
-        sa.Column("stderr_bytes", sa.Integer(), nullable=False),
-        sa.Column("stdout_stored", sa.Integer(), nullable=False),
-        sa.Column("stderr_stored", sa.Integer(), nullable=False),
-        sa.Column("stdout_dropped", sa.Integer(), nullable=False),
-        sa.Column("stderr_dropped", sa.Integer(), nullable=False),
+        sa.Column("stdout_bytes", INT64, nullable=False),
+        sa.Column("stderr_bytes", INT64, nullable=False),
+        sa.Column("stdout_stored", INT64, nullable=False),
+        sa.Column("stderr_stored", INT64, nullable=False),
+        sa.Column("stdout_dropped", INT64, nullable=False),
+        sa.Column("stderr_dropped", INT64, nullable=False),
         sa.CheckConstraint(
             "status IN ('queued', 'running', 'completed', 'failed', 'killed', 'timed_out')",
             name=op.f("ck_jobs_status"),
@@ -113,7 +116,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(), nullable=False),
         sa.Column("stream", sa.String(), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("byte_offset", sa.Integer(), nullable=False),
+        sa.Column("byte_offset", INT64, nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.CheckConstraint("stream IN ('stdout', 'stderr')", name=op.f("ck_output_chunks_stream")),
         sa.ForeignKeyConstraint(

@@ -83,7 +83,62 @@ FROM jobs j
 """
 
 
+# The same views on PostgreSQL (``psql`` users). ``mbj_text`` shows bytes as UTF-8 text where
+# they are valid UTF-8, and with invalid sequences escaped where not (``convert_from`` alone
+# would make the whole query fail on one bad byte).
+PG_TEXT = """
+CREATE FUNCTION mbj_text(data bytea) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN convert_from(data, 'UTF8');
+EXCEPTION WHEN character_not_in_repertoire OR untranslatable_character THEN
+    RETURN encode(data, 'escape');
+END
+$$
+"""
+
+PG_JOB_SUMMARY = """
+CREATE VIEW job_summary AS
+SELECT
+    j.id, j.status, j.exit_code, j.signal, j.reason, j.command, j.cwd,
+    (SELECT string_agg(l.label, ',' ORDER BY l.label) FROM job_labels l WHERE l.job_id = j.id)
+        AS labels,
+    j.created_at, j.started_at, j.ended_at,
+    round(extract(epoch FROM coalesce(j.ended_at, now() AT TIME ZONE 'UTC') - j.started_at), 3)
+        AS duration_s,
+    j.stdout_bytes, j.stderr_bytes,
+    j.stdout_bytes + j.stderr_bytes AS output_bytes,
+    j.stdout_stored + j.stderr_stored AS stored_bytes,
+    j.stdout_dropped + j.stderr_dropped AS dropped_bytes,
+    j.timeout_s, j.pid, j.owner_id
+FROM jobs j
+"""
+
+PG_OUTPUT_TEXT = """
+CREATE VIEW output_text AS
+SELECT c.job_id, c.stream, c.seq, c.byte_offset, length(c.data) AS bytes, mbj_text(c.data) AS text
+FROM output_chunks c
+"""
+
+# Whole streams are joined as bytes first, so a character split between chunks shows whole.
+PG_JOB_OUTPUT = """
+CREATE VIEW job_output AS
+SELECT
+    j.id AS job_id,
+    (SELECT mbj_text(string_agg(c.data, ''::bytea ORDER BY c.byte_offset)) FROM output_chunks c
+      WHERE c.job_id = j.id AND c.stream = 'stdout') AS stdout,
+    (SELECT mbj_text(string_agg(c.data, ''::bytea ORDER BY c.byte_offset)) FROM output_chunks c
+      WHERE c.job_id = j.id AND c.stream = 'stderr') AS stderr,
+    (SELECT mbj_text(string_agg(c.data, ''::bytea ORDER BY c.seq)) FROM output_chunks c
+      WHERE c.job_id = j.id) AS output
+FROM jobs j
+"""
+
+
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for sql in (PG_TEXT, PG_JOB_SUMMARY, PG_OUTPUT_TEXT, PG_JOB_OUTPUT):
+            op.execute(sql)
+        return
     op.execute(JOB_SUMMARY)
     op.execute(OUTPUT_TEXT)
     op.execute(JOB_OUTPUT)
@@ -93,3 +148,5 @@ def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS job_output")
     op.execute("DROP VIEW IF EXISTS output_text")
     op.execute("DROP VIEW IF EXISTS job_summary")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS mbj_text(bytea)")

@@ -29,11 +29,12 @@ from .checks import (
     MAX_PRIORITY,
     MAX_WAIT_S,
     check_execute,
+    check_host,
     check_wait,
 )
 from .config import parse_since
 from .db import utcnow
-from .errors import InvalidRequest, JobNotFound
+from .errors import InvalidRequest, JobNotFound, JobStateError
 from .interaction import DEFAULT_INTERACT_WAIT_S, DEFAULT_SETTLE_S, Interaction
 from .isolation import WITHHELD, detect
 from .jobs import ACTIVE, JobOptions, JobStatus, parse_signal
@@ -182,11 +183,13 @@ class App:
         rerun_of: str | None = None,
         shell: str | None = None,
         client: Client | None = None,
+        host: str | None = None,
     ) -> JobView:
         env = dict(env or {})
         timeouts = {"timeout_s": timeout_s, "idle_timeout_s": idle_timeout_s}
-        workdir = check_execute(command, cwd, env, timeouts, labels, pty=pty, rows=rows,
-                                cols=cols, priority=priority, after=after)  # fmt: skip
+        remote = check_host(host, self.settings.host, cwd, pty)
+        workdir = check_execute(command, None if remote else cwd, env, timeouts, labels, pty=pty,
+                                rows=rows, cols=cols, priority=priority, after=after)  # fmt: skip
         options = JobOptions(
             pty=pty,
             rows=(rows or self.settings.pty_rows) if pty else None,
@@ -197,11 +200,19 @@ class App:
             run_anyway=run_anyway,
             rerun_of=rerun_of,
             detached=_detached(detach, pty, self.settings.detach),
+            host=host if remote else None,
         )
-        resolved = str(workdir.resolve())
+        # Another host's directory cannot be checked here: its server fails the job if absent.
+        resolved = cwd if remote and cwd is not None else str(workdir.resolve())
         verdict = await self.admission.admit(command, resolved, client, env)
         # Secret values are never stored: the row keeps their names (see isolation.WITHHELD).
         secret = {k: v for k, v in env.items() if self.masker.is_secret(k, v)}
+        if remote and secret:
+            raise InvalidRequest(
+                f"env: {', '.join(sorted(secret))} look secret, and secret values are kept in "
+                f"this server's memory only (never stored), so host {host!r} could not get "
+                "them. Run the job without them, or from a server on that host."
+            )
         timeout = timeout_s if timeout_s is not None else self.settings.default_timeout_s
         detail = _execute_detail(self.isolation, timeout, env, verdict)
         # Written with the job, in one transaction, before anything is spawned: an audit row
@@ -278,6 +289,7 @@ class App:
         since: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        host: str | None = None,
     ) -> ListResult:
         if not 1 <= limit <= 200:
             raise InvalidRequest("limit must be between 1 and 200.")
@@ -286,6 +298,7 @@ class App:
             label=label,
             command_contains=command_contains,
             since=parse_since(since) if since else None,
+            host=host,
         )
         jobs, next_cursor = await self.store.list_jobs(flt, limit=limit, cursor=cursor)
         now = utcnow()
@@ -335,6 +348,7 @@ class App:
         client: Client | None = None,
     ) -> InteractResult:
         """See ``interaction.Interaction.interact``: send input, wait until ready, read."""
+        await self._on_this_host(await self.store.resolve_id(job_id), "interact with")
         return await self.interaction.interact(
             job_id, input, wait_s, eof, until, settle_s, keys, render, client=client
         )
@@ -364,6 +378,19 @@ class App:
         """Queue bytes for the job's stdin and return at once (the command line's ``run``)."""
         await self.runner.send_input(await self.job(job_id), data, eof=eof)
 
+    async def _on_this_host(self, job_id: str, what: str) -> None:
+        """Refuse to act on the processes of a job another machine runs: its pids mean nothing
+        here. (A job queued for another host can still be killed: that is a database write.)"""
+        job = await self.store.get_job(job_id, events=False)
+        if job.host in (None, self.settings.host) or job.status is JobStatus.QUEUED:
+            return
+        if job.status.is_terminal:
+            return
+        raise JobStateError(
+            f"job {job_id} runs on host {job.host!r}, not here ({self.settings.host!r}): {what} "
+            "it through a server on that host (its processes cannot be reached from here)."
+        )
+
     async def kill(
         self,
         job_id: str,
@@ -376,6 +403,7 @@ class App:
         if not 0 <= grace <= 300:
             raise InvalidRequest("grace_s must be between 0 and 300 seconds.")
         job_id = await self.store.resolve_id(job_id)
+        await self._on_this_host(job_id, "kill")
         job = await self.runner.kill(job_id, sig, grace)
         facts = {"signal": sig.name, "grace_s": grace, "status": job.status}
         await self.admission.audit("kill", client, job_id=job_id, detail=facts)

@@ -142,6 +142,30 @@ def check_workdir(cwd: str | None) -> Path:
     return workdir
 
 
+def check_host(host: str | None, here: str, cwd: str | None, pty: bool) -> bool:
+    """Whether ``execute(host=...)`` queues the job for another machine (False: it runs here).
+    That machine's directories cannot be checked here: ``cwd`` must be given, absolute."""
+    if host is None or host == here:
+        return False
+    if not host.strip() or len(host) > 255 or "\0" in host:
+        raise InvalidRequest(
+            f"host {shown(host)} is not a host name: give the `host` setting of a server "
+            "(`status` shows each job's host)."
+        )
+    if not cwd or not cwd.startswith("/") or "\0" in cwd:
+        raise InvalidRequest(
+            f"cwd: a job for host {shown(host)} needs an absolute directory on that machine "
+            "(it cannot be checked from here; the server there fails the job if it is missing)."
+        )
+    utf8("cwd", cwd)
+    if pty:
+        raise InvalidRequest(
+            "pty: a terminal job runs where it is submitted; start it from a server on "
+            f"host {shown(host)}, or without pty."
+        )
+    return True
+
+
 def shown(value: str, limit: int = 60) -> str:
     """A value the caller passed, for an error message: quoted, escaped, and cut if long."""
     text = repr(value)

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--db",
         default=argparse.SUPPRESS,  # a str: Settings refuses URLs before a Path mangles them
-        help="SQLite database file (env MCP_BACKGROUND_JOB_DB).",
+        help="SQLite database file, or a PostgreSQL URL such as postgresql://user@host/dbname "
+        "(env MCP_BACKGROUND_JOB_DB).",
     )
     common.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=argparse.SUPPRESS
@@ -91,6 +92,14 @@ def _add_read_commands(command: Command) -> None:
     serve.add_argument("--max-concurrent", type=int, help="Running jobs at once.")
     serve.add_argument("--shell", help="Shell used as SHELL -c COMMAND.")
 
+    worker = command(
+        "worker",
+        "Run jobs queued for this host (execute with host=...) without an MCP client, until "
+        "SIGTERM: for a machine that shares a PostgreSQL database.",
+    )
+    worker.add_argument("--host", help="This machine's name (default: the hostname).")
+    worker.add_argument("--max-concurrent", type=int, help="Running jobs at once.")
+
     ls = command("list", "Recent jobs, newest first.", aliases=["history"])
     ls.add_argument("--status", action="append", choices=STATUSES, help="Repeat for several.")
     ls.add_argument("--label", help="Only jobs with this label.")
@@ -98,6 +107,7 @@ def _add_read_commands(command: Command) -> None:
         "--command", dest="command_contains", metavar="TEXT", help="Text in the command."
     )
     ls.add_argument("--since", help="Created since: an age (30m, 2h, 7d) or an ISO 8601 time.")
+    ls.add_argument("--host", dest="on_host", metavar="HOST", help="Only jobs of this machine.")
     ls.add_argument("--until", help="Created before: an age or an ISO 8601 time.")
     ls.add_argument("--exit-code", type=int, help="Only jobs that exited with this code.")
     ls.add_argument("-n", "--limit", type=int, default=20, help="Most jobs shown; 0: all.")
@@ -265,7 +275,7 @@ def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("db", "log_level", "max_concurrent", "shell"):
+    for name in ("db", "log_level", "max_concurrent", "shell", "host"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -318,7 +328,9 @@ def _main(argv: Sequence[str] | None) -> None:
     serving = args.cmd in (None, "serve")
     # Logs go to stderr only (stdout is the protocol stream, or the output a person reads).
     # Commands for people log warnings only, unless asked.
-    level = settings.log_level if serving or "log_level" in args else "WARNING"
+    level = (
+        settings.log_level if serving or args.cmd == "worker" or "log_level" in args else "WARNING"
+    )
     logging.basicConfig(
         stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -326,7 +338,8 @@ def _main(argv: Sequence[str] | None) -> None:
     if serving:
         _serve(settings)
         return
-    if args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING:
+    existing = args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING
+    if existing and isinstance(settings.db, Path):  # PostgreSQL: checked when opened
         _check_exists(settings.db)
     from . import commands
 
@@ -371,7 +384,8 @@ def _serve(settings: Settings) -> None:
     try:
         # Before fastmcp is imported (over a second): a file that cannot be the database is
         # refused at once. Opening it (in the lifespan) catches the rest.
-        db.check_for_writing(settings.db)
+        if isinstance(settings.db, Path):
+            db.check_for_writing(settings.db)
     except StorageError as exc:
         _fail(str(exc), 1)
     from .server import create_server, serve_stdio  # fastmcp is slow to import: --help is fast

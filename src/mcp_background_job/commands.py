@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from alembic import command as alembic
 
-from . import db, history, proctree
+from . import db, history, proctree, worker
 from .config import parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobStateError, StorageError
@@ -38,7 +38,7 @@ from .history import FileSink
 from .jobs import JobStatus, Stream
 from .models import summary, view
 from .report import Report, db_files, ended_how_view, human_bytes, human_duration, output_text
-from .store import JobFilter
+from .store import JobFilter, Stats
 
 if TYPE_CHECKING:
     from .app import App
@@ -63,6 +63,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "kill": kill,
         "stats": stats,
         "audit": audit,
+        "worker": worker.work,
         "db": prune if args.cmd == "db" and args.db_cmd == "prune" else vacuum,
     }
     return asyncio.run(handlers[args.cmd](args, settings))
@@ -98,6 +99,7 @@ async def list_jobs(args: argparse.Namespace, settings: Settings) -> int:
         since=parse_since(args.since) if args.since else None,
         until=parse_since(args.until) if args.until else None,
         exit_code=args.exit_code,
+        host=args.on_host,
     )
     store = await _reading(settings)
     try:
@@ -174,7 +176,7 @@ async def stats(args: argparse.Namespace, settings: Settings) -> int:
             "output_written_bytes": st.written_bytes,
             "output_stored_bytes": st.stored_bytes,
             "output_dropped_bytes": st.dropped_bytes,
-            "database_bytes": sum(p.stat().st_size for p in db_files(settings.db)),
+            "database_bytes": _db_bytes(settings.db, st),
             "free_bytes": st.free_pages * st.page_size,
             "longest": [summary(j, now).model_dump(mode="json") for j in st.longest],
         }
@@ -342,7 +344,7 @@ async def _forward_stdin(app: App, job_id: str) -> None:
 
 
 async def kill(args: argparse.Namespace, settings: Settings) -> int:
-    if not await asyncio.to_thread(db.inspect_file, settings.db):
+    if isinstance(settings.db, Path) and not await asyncio.to_thread(db.inspect_file, settings.db):
         raise db.no_database(settings.db)  # not a new database at a mistyped path
     from .app import App  # the job stack: only the commands that run or signal a job
 
@@ -403,6 +405,13 @@ async def start(args: argparse.Namespace, settings: Settings) -> int:
 # --- the database ------------------------------------------------------------------------------
 
 
+def _db_bytes(target: Path | str, st: Stats) -> int:
+    """The database's size: its files (with the WAL), or what PostgreSQL reports."""
+    if isinstance(target, str):
+        return st.page_count * st.page_size
+    return sum(p.stat().st_size for p in db_files(target))
+
+
 def schema(args: argparse.Namespace, settings: Settings) -> int:
     """``db upgrade|downgrade|current|history``: Alembic's commands through the same
     connection set-up as the server (``db.migrate_to``, newer schemas refused). Only upgrade
@@ -417,13 +426,17 @@ def schema(args: argparse.Namespace, settings: Settings) -> int:
         raise described from exc
 
 
-def _schema(args: argparse.Namespace, path: Path) -> int:
+def _schema(args: argparse.Namespace, path: Path | str) -> int:
     changing = args.db_cmd in ("upgrade", "downgrade")
-    exists = db.check_for_writing(path) if changing else db.inspect_file(path)
+    if isinstance(path, str):  # PostgreSQL: the database exists; it may have no schema yet
+        exists = True
+    else:
+        exists = db.check_for_writing(path) if changing else db.inspect_file(path)
     if args.db_cmd == "history" and not exists:
         alembic.history(db.alembic_config())
         return 0
     if not exists:
+        assert isinstance(path, Path)  # (a PostgreSQL database always exists)
         if args.db_cmd != "upgrade":
             raise db.no_database(path)
         db.create_database(path, args.revision)
@@ -442,7 +455,9 @@ def _schema(args: argparse.Namespace, path: Path) -> int:
                     db.migrate_to(conn, args.revision, downgrade=args.db_cmd == "downgrade")
                 after = db.check_revision(conn, cfg)
                 conn.rollback()
-                print(f"{path}: schema revision {before or 'none'} -> {after or 'none'}")
+                print(
+                    f"{db.describe(path)}: schema revision {before or 'none'} -> {after or 'none'}"
+                )
     finally:
         engine.dispose()
     return 0
@@ -480,19 +495,19 @@ async def vacuum(args: argparse.Namespace, settings: Settings) -> int:
         if live:
             pids = ", ".join(f"pid {s.pid}" for s in live)
             raise StorageError(
-                f"A server is using {settings.db} ({pids}): VACUUM now would leave a WAL as "
-                "big as the database next to it (its readers keep it from being truncated), "
-                "doubling the space used instead of freeing it. Stop the server(s) and run "
-                "`db vacuum` again; until then new output reuses the space that `db prune` "
+                f"A server is using {db.describe(settings.db)} ({pids}): VACUUM now would leave "
+                "a WAL as big as the database next to it (its readers keep it from being "
+                "truncated), doubling the space used instead of freeing it. Stop the server(s) "
+                "and run `db vacuum` again; until then new output reuses the space that `db prune` "
                 "freed.",
                 kind="in_use",
             )
-        before = sum(p.stat().st_size for p in db_files(settings.db))
+        before = _db_bytes(settings.db, await store.stats(longest=0))
         folded = await store.vacuum()
-        after = sum(p.stat().st_size for p in db_files(settings.db))
+        after = _db_bytes(settings.db, await store.stats(longest=0))
     finally:
         await store.close()
-    print(f"{settings.db}: {human_bytes(before)} -> {human_bytes(after)}")
+    print(f"{db.describe(settings.db)}: {human_bytes(before)} -> {human_bytes(after)}")
     if not folded:
         _note(
             "another program kept reading the database, so its WAL still holds the rewritten "

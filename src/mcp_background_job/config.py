@@ -10,8 +10,10 @@ A malformed value is an error at start-up, never a silent fallback to defaults.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -19,6 +21,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dburl import check_url
 from .errors import InvalidRequest
 from .patterns import compile_pattern
 
@@ -136,9 +139,10 @@ class Settings(BaseSettings):
         # ISOLATION=none. ``_none_and_sizes`` does it for optional settings only.
     )
 
-    db: Annotated[Path, Field(description="SQLite database file.")] = Field(
-        default_factory=default_db_path
-    )
+    db: Annotated[
+        Path | str,
+        Field(description="SQLite database file, or a PostgreSQL URL (postgresql://user@host/db)."),
+    ] = Field(default_factory=default_db_path)
     spool_dir: Annotated[
         Path | None,
         Field(description="Where jobs write stdout/stderr before ingestion; default: DB.spool/"),
@@ -203,6 +207,15 @@ class Settings(BaseSettings):
         Field(description="Adopt orphaned grandchildren so kill reaches setsid/nohup children."),
     ] = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    host: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=255,
+            description="This machine's name in a shared (PostgreSQL) database: jobs record it, "
+            "and a server runs the jobs queued for its host. Default: the hostname.",
+        ),
+    ] = Field(default_factory=socket.gethostname)
     retention_max_age: Annotated[
         timedelta | None,
         Field(
@@ -346,17 +359,19 @@ class Settings(BaseSettings):
 
     @field_validator("db", mode="before")
     @classmethod
-    def _not_a_url(cls, value: Any) -> Any:
-        # A URL given as a path became a file in a new directory named "postgresql:".
+    def _path_or_url(cls, value: Any) -> Any:
+        # A URL given as a path became a file in a new directory named "postgresql:": a URL is
+        # a PostgreSQL database (kept as text) or refused, anything else is a path.
         if isinstance(value, (str, Path)) and _URL.match(str(value)):
-            raise ValueError(
-                f"{str(value)!r} is a URL; only an SQLite file is supported (PostgreSQL is not "
-                "yet): pass a file path such as ~/.local/state/mcp-background-job/jobs.db. A "
-                "path that really starts like this can be written ./" + str(value)
-            )
-        return value
+            return check_url(str(value))
+        return Path(value) if isinstance(value, str) else value
 
-    @field_validator("db", "spool_dir")
+    @field_validator("db")
+    @classmethod
+    def _absolute_db(cls, value: Path | str) -> Path | str:
+        return value if isinstance(value, str) else value.expanduser().absolute()
+
+    @field_validator("spool_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().absolute()
@@ -405,4 +420,11 @@ class Settings(BaseSettings):
 
     @property
     def spool_path(self) -> Path:
-        return self.spool_dir or self.db.with_name(self.db.name + ".spool")
+        if self.spool_dir is not None:
+            return self.spool_dir
+        if isinstance(self.db, str):
+            # Spool files are this machine's: beside the default database, one folder per
+            # PostgreSQL database (named by a digest of its URL).
+            digest = hashlib.sha256(self.db.encode()).hexdigest()[:12]
+            return default_db_path().with_name(f"postgresql-{digest}.spool")
+        return self.db.with_name(self.db.name + ".spool")

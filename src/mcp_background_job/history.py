@@ -57,7 +57,7 @@ class FileSink:
         self.notes.flush()
 
 
-async def open_existing(path: Path, *, reading: bool = True) -> Store:
+async def open_existing(path: Path | str, *, reading: bool = True) -> Store:
     """The store of an existing database (migrated to this version's schema like a server
     would, if it can be written); a clear error instead of creating an empty file at a mistyped
     path. ``reading``: only reads follow, so a database that cannot be written (a read-only

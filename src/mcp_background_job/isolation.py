@@ -305,8 +305,11 @@ def rlimits_of(settings: Settings) -> tuple[tuple[str, int], ...]:
 def state_paths(settings: Settings) -> tuple[str, ...]:
     """The files and directories of the server's state: the database with its WAL, SHM and
     journal, and the spool directory (real paths: a symlink on the way does not hide them)."""
+    spool = os.path.realpath(settings.spool_path)
+    if isinstance(settings.db, str):
+        return (spool,)  # a PostgreSQL database: no files of it here
     db = os.path.realpath(settings.db)
-    return (*(db + suffix for suffix in _DB_SUFFIXES), os.path.realpath(settings.spool_path))
+    return (*(db + suffix for suffix in _DB_SUFFIXES), spool)
 
 
 def temp_dirs() -> tuple[str, ...]:

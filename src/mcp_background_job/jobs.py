@@ -198,6 +198,8 @@ class JobOptions:
     run_anyway: bool = False  # start even if one of ``after`` did not complete
     rerun_of: str | None = None
     detached: bool = False  # outlives its server (see runner/keeper.py)
+    #: Run on another machine: its server (``host`` setting) claims and runs it (None: here).
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,8 @@ class Job:
     #: may have run, and is never started again.
     start_attempted_at: datetime | None = None
     detached: bool = False  # runs under a keeper, outlives its server (see runner/keeper.py)
+    #: The machine the job runs on, or is queued for (None: recorded before hosts were).
+    host: str | None = None
     waiting_on: tuple[str, ...] = ()  # dependencies not ended yet (only loaded for queued jobs)
     events: tuple[JobEvent, ...] = field(default=())
 

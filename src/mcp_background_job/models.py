@@ -61,6 +61,7 @@ class JobView(JobSummary):
     reason: str | None = Field(None, description="Why it ended, when not a plain exit.")
     pid: int | None = None
     owner: str | None = Field(None, description="Id of the server process that runs it.")
+    host: str | None = Field(None, description="The machine it runs on, or is queued for.")
     timeout_s: float | None = None
     idle_timeout_s: float | None = Field(
         None, description="Killed as timed_out after this long without output."
@@ -240,6 +241,7 @@ def view(
         reason=job.reason,
         pid=job.pid,
         owner=job.owner_id,
+        host=job.host,
         timeout_s=job.timeout_s,
         idle_timeout_s=job.idle_timeout_s,
         env_keys=sorted(job.env),

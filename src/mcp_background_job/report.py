@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .dburl import describe
 from .jobs import JobStatus, Stream
 from .models import duration
 
@@ -169,7 +170,7 @@ class Report:
         self.print(grid, Text(""), events, title)
         self.print(output_text(tail, self.tty))
 
-    def stats(self, stats: Stats, db_path: Path, now: datetime) -> None:
+    def stats(self, stats: Stats, db_path: Path | str, now: datetime) -> None:
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold" if self.tty else "")
         grid.add_column(justify="right")
@@ -186,8 +187,13 @@ class Report:
         grid.add_row("output written", human_bytes(stats.written_bytes), "")
         grid.add_row("output stored", human_bytes(stats.stored_bytes), "")
         grid.add_row("output dropped", human_bytes(stats.dropped_bytes), "by the per-job limit")
-        on_disk = sum(p.stat().st_size for p in db_files(db_path))
-        grid.add_row("database", human_bytes(on_disk), f"{db_path} (with its -wal file)")
+        if isinstance(db_path, str):  # PostgreSQL: the size it reports (URL without password)
+            on_disk = stats.page_count * stats.page_size
+            where = describe(db_path)
+        else:
+            on_disk = sum(p.stat().st_size for p in db_files(db_path))
+            where = f"{db_path} (with its -wal file)"
+        grid.add_row("database", human_bytes(on_disk), where)
         free = stats.free_pages * stats.page_size
         grid.add_row(
             "free pages",

@@ -12,6 +12,7 @@ and start-up checks use the file and migration functions directly.
 from __future__ import annotations
 
 from ..jobs import AUDIT_KINDS
+from . import dialects as dialects  # registers PostgreSQL spellings of the store's SQL
 from .engine import BUSY_TIMEOUT_MS, Access, lower_thread_priority, make_sync_engine
 from .files import (
     DB_HINT,
@@ -61,6 +62,7 @@ from .tables import (
     metadata,
     utcnow,
 )
+from .target import DbTarget, check_url, describe, is_url, looks_like_url, pg_error
 
 __all__ = [
     "AUDIT_KINDS",
@@ -74,6 +76,7 @@ __all__ = [
     "Access",
     "AuditEventRow",
     "Base",
+    "DbTarget",
     "JobDependencyRow",
     "JobEventRow",
     "JobLabelRow",
@@ -85,8 +88,10 @@ __all__ = [
     "check_for_writing",
     "check_owned",
     "check_revision",
+    "check_url",
     "create_database",
     "database_locked",
+    "describe",
     "disk_full",
     "ensure_db_file",
     "head_revision",
@@ -94,7 +99,9 @@ __all__ = [
     "inspect_file",
     "is_locked",
     "is_owned",
+    "is_url",
     "lock_holders",
+    "looks_like_url",
     "lower_thread_priority",
     "make_private_dirs",
     "make_sync_engine",
@@ -102,6 +109,7 @@ __all__ = [
     "migrate_to",
     "migrations_dir",
     "no_database",
+    "pg_error",
     "read_only",
     "refuse_unknown",
     "schema_revision",

@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 
+from .pgengine import make_pg_engine
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -80,7 +82,7 @@ def lower_thread_priority(nice: int) -> int:
 
 
 def make_sync_engine(
-    path: Path,
+    path: Path | str,
     *,
     writer: bool = True,
     pool_size: int = 5,
@@ -88,7 +90,10 @@ def make_sync_engine(
     access: Access = "rw",
 ) -> Engine:
     """A plain sqlite3 engine: the store's writer and readers (run in threads), Alembic's
-    command line. ``access`` other than ``rw``: a reader that never writes (see ``Access``)."""
+    command line. ``access`` other than ``rw``: a reader that never writes (see ``Access``).
+    A ``str`` is a PostgreSQL URL (``db.target``): the SQLite settings do not apply there."""
+    if isinstance(path, str):
+        return make_pg_engine(path, pool_size=pool_size)
     if access == "rw":
         url = URL.create("sqlite", database=str(path))
     else:

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ..errors import StorageError
 from .engine import BUSY_TIMEOUT_MS
+from .target import pg_error
 
 SQLITE_MAGIC = b"SQLite format 3\0"
 #: Where to look for help with a database path, in messages.
@@ -201,13 +202,15 @@ def is_locked(error: BaseException) -> bool:
     return isinstance(error, sqlite3.Error) and code is not None and code & 0xFF == _SQLITE_BUSY
 
 
-def storage_error(error: BaseException, path: Path) -> StorageError | None:
+def storage_error(error: BaseException, path: Path | str) -> StorageError | None:
     """The one place that turns an SQLite or OS error about the database at ``path`` into a
     ``StorageError`` saying what is wrong and what to do; None for any other error (a bug, a
     domain error), which the caller passes on as it is. An ``OSError`` about another file (a
     spool file) is described with that file's name."""
     if isinstance(error, StorageError):
         return error
+    if isinstance(path, str):  # a PostgreSQL URL
+        return pg_error(error, path)
     if isinstance(error, DBAPIError) and error.orig is not None:
         error = error.orig
     if isinstance(error, sqlite3.Error):

@@ -21,8 +21,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import StorageError
+from . import pgengine
 from .engine import make_sync_engine
 from .files import DB_HINT, check_owned, make_private_dirs, side_file, storage_error
+from .target import DbTarget, describe
 
 
 def create_database(path: Path, revision: str = "head") -> bool:
@@ -119,20 +121,24 @@ def check_revision(connection: Connection, cfg: Config) -> str | None:
     return refuse_unknown(MigrationContext.configure(connection).get_current_revision())
 
 
-def schema_revision(connection: Connection, path: Path) -> str | None:
+def schema_revision(connection: Connection, path: DbTarget) -> str | None:
     """The database's schema revision, read without taking the write lock (None: no schema
     yet); refuses a revision this version does not know, and a database of another program
     (tables, but none of ours)."""
-    names = set(
-        connection.exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' "
-            "ESCAPE '!'"
-        ).scalars()
-    )
+    if connection.dialect.name == "postgresql":
+        names = pgengine.table_names(connection)
+    else:
+        names = set(
+            connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' "
+                "ESCAPE '!'"
+            ).scalars()
+        )
     if "alembic_version" not in names:
         if names:
+            what = "a PostgreSQL" if isinstance(path, str) else "an SQLite"
             raise StorageError(
-                f"{path} is an SQLite database of another program (tables: "
+                f"{describe(path)} is {what} database of another program (tables: "
                 f"{', '.join(sorted(names)[:5])}), not of mcp-background-job. {DB_HINT}",
                 kind="not_a_database",
             )
@@ -152,6 +158,9 @@ def migrate_to(connection: Connection, revision: str = "head", *, downgrade: boo
     renamed while the old table is already gone. Both pragmas are no-ops inside a transaction,
     so they are set on the raw connection first.
     """
+    if connection.dialect.name == "postgresql":
+        _migrate_pg(connection, revision, downgrade=downgrade)
+        return
     raw = connection.connection.dbapi_connection
     assert raw is not None
     _pragmas(raw, "foreign_keys=OFF", "legacy_alter_table=ON")
@@ -173,6 +182,24 @@ def migrate_to(connection: Connection, revision: str = "head", *, downgrade: boo
         raise described or StorageError(f"Could not migrate the database: {exc}") from exc
     finally:
         _pragmas(raw, "foreign_keys=ON", "legacy_alter_table=OFF")
+
+
+def _migrate_pg(connection: Connection, revision: str, *, downgrade: bool) -> None:
+    """PostgreSQL: DDL is transactional and foreign keys need no switching off; an advisory
+    lock makes servers starting at once migrate one after the other."""
+    try:
+        cfg = alembic_config(connection)
+        with connection.begin():
+            pgengine.lock_for_migration(connection)
+            check_revision(connection, cfg)
+            if downgrade:
+                command.downgrade(cfg, revision)
+            else:
+                command.upgrade(cfg, revision)
+    except StorageError:
+        raise
+    except Exception as exc:  # any failure here means the database cannot be used
+        raise StorageError(f"Could not migrate the database: {exc}") from exc
 
 
 def upgrade_to_head(connection: Connection) -> None:

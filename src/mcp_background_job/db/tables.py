@@ -42,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..jobs import AUDIT_KINDS, JobStatus, Stream
+from .dialects import INT64
 
 #: Read-only views for ``sqlite3`` users (migration 0002): one row per job with its duration and
 #: output sizes; output chunks as text; each job's whole output as text.
@@ -56,9 +57,16 @@ TRIGGERS = ("jobs_fts_insert", "jobs_fts_delete", "jobs_fts_update", "jobs_label
 SEARCH_SHADOW_TABLES = tuple(f"{SEARCH_TABLE}_{s}" for s in ("data", "idx", "docsize", "config"))
 
 
+#: PostgreSQL's command search index (migration 0005): a pg_trgm GIN index on ``jobs.command``.
+PG_SEARCH_INDEX = "ix_jobs_command_trgm"
+
+
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """Alembic's filter for schema comparison: the search index is not a model (its virtual
-    table and shadow tables would otherwise show up as tables to drop)."""
+    table and shadow tables, or PostgreSQL's trigram index, would otherwise show up as things
+    to drop)."""
+    if type_ == "index":
+        return name != PG_SEARCH_INDEX
     return not (type_ == "table" and name in (SEARCH_TABLE, *SEARCH_SHADOW_TABLES))
 
 
@@ -105,7 +113,7 @@ class ServerRow(Base):
     __tablename__ = "servers"
     id: Mapped[str] = mapped_column(String, primary_key=True)
     pid: Mapped[int] = mapped_column(Integer)
-    pid_start: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(INT64)
     boot_id: Mapped[str | None] = mapped_column(String)
     hostname: Mapped[str] = mapped_column(String)
     version: Mapped[str] = mapped_column(String)
@@ -123,6 +131,7 @@ class JobRow(Base):
         # Deleting a job sets rerun_of to NULL in its reruns (the foreign key): without this
         # index each deleted job meant a scan of every job (migration 0006).
         Index(None, "rerun_of"),
+        Index(None, "host", "created_at"),
     )
     id: Mapped[str] = mapped_column(String, primary_key=True)
     command: Mapped[str] = mapped_column(Text)
@@ -139,15 +148,15 @@ class JobRow(Base):
     timeout_s: Mapped[float | None] = mapped_column(Float)
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("servers.id", ondelete="SET NULL"))
     pid: Mapped[int | None] = mapped_column(Integer)
-    pid_start: Mapped[int | None] = mapped_column(Integer)
+    pid_start: Mapped[int | None] = mapped_column(INT64)
     boot_id: Mapped[str | None] = mapped_column(String)
     end_cause: Mapped[str | None] = mapped_column(String)
-    stdout_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_bytes: Mapped[int] = mapped_column(Integer, default=0)
-    stdout_stored: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_stored: Mapped[int] = mapped_column(Integer, default=0)
-    stdout_dropped: Mapped[int] = mapped_column(Integer, default=0)
-    stderr_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    stdout_bytes: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_bytes: Mapped[int] = mapped_column(INT64, default=0)
+    stdout_stored: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_stored: Mapped[int] = mapped_column(INT64, default=0)
+    stdout_dropped: Mapped[int] = mapped_column(INT64, default=0)
+    stderr_dropped: Mapped[int] = mapped_column(INT64, default=0)
     # Interactive jobs and scheduling (migration 0004).
     pty: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     term_rows: Mapped[int | None] = mapped_column(Integer)
@@ -161,6 +170,8 @@ class JobRow(Base):
     start_attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Outlives its server under a keeper; adopted by a later server (migration 0009).
     detached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The machine the job runs on, or is queued for (migration 0010; NULL: written before).
+    host: Mapped[str | None] = mapped_column(String)
 
 
 class JobDependencyRow(Base):
@@ -218,7 +229,7 @@ class OutputChunkRow(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     stream: Mapped[str] = mapped_column(String)
     seq: Mapped[int] = mapped_column(Integer)
-    byte_offset: Mapped[int] = mapped_column(Integer)
+    byte_offset: Mapped[int] = mapped_column(INT64)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 

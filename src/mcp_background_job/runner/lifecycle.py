@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -90,7 +89,7 @@ class Runner:
         )  # fmt: skip
         self._upkeep = Upkeep(
             settings, store, ingester, self._table, self._trees, server_id=self.server_id,
-            boot_id=self.boot_id, hostname=socket.gethostname(), on_ended=on_ended,
+            boot_id=self.boot_id, hostname=settings.host, on_ended=on_ended,
         )  # fmt: skip
         self._upkeep.adopter = Adopter(
             store, ingester, self._table, self._ends, self._arm_timers,

@@ -103,6 +103,7 @@ class Starter:
         ``env`` holds as ``WITHHELD``, kept in memory only (see isolation.py)."""
         if self.table.closing:
             raise JobStateError("The server is shutting down; start the job on a new server.")
+        remote = options.host is not None and options.host != self.settings.host
 
         async def create(job_id: str, *, starting: bool) -> Job:
             self.isolation.secrets.put(job_id, secret_env or {})
@@ -118,12 +119,22 @@ class Starter:
                 options=options,
                 audit=audit,
                 starting_on=self.boot_id if starting else None,
+                host=self.settings.host,
             )
             self.table.done[job.id] = asyncio.Event()
             self.table.submitted.add(job.id)
             return job
 
         job_id = uuid.uuid4().hex[:JOB_ID_LENGTH]
+        if remote:
+            # Queued for another machine, with no owner: a server there claims it (the same
+            # compare-and-set as taking over a dead server's queue) and runs it.
+            return await self.store.create_job(
+                job_id=job_id, command=command, cwd=cwd, shell=shell or self.settings.shell,
+                env=env, labels=labels, owner_id=None, options=options, audit=audit,
+                timeout_s=timeout_s if timeout_s is not None else self.settings.default_timeout_s,
+                host=options.host,
+            )  # fmt: skip
         if not options.after and not self.table.queued and self._free_slots() > 0:
             # Started here, not by the scheduler: many submissions at once are created and
             # started concurrently (their writes share commits) instead of one at a time under

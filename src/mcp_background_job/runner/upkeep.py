@@ -90,7 +90,7 @@ class Upkeep:
                 self._unsettled.discard(job.id)
             elif await self._settle(job) is JobStatus.FAILED:
                 failed += 1
-        for job in await self.store.orphaned_jobs(dead):
+        for job in await self.store.orphaned_jobs(dead, self.hostname):
             if self.adopter is not None and await self.adopter.adopt(job):
                 continue  # a detached job that runs on: adopted (here or by another server)
             if not await self.store.claim(job.id, job.owner_id, self.server_id):

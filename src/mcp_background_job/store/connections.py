@@ -33,7 +33,7 @@ class Connections:
     """Opens the database file (creating or migrating it), then runs work on it: writes on the
     writer thread, reads on a reader thread."""
 
-    def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
+    def __init__(self, path: Path | str, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
         self._read_pool_size = read_pool
         self._write_engine = db.make_sync_engine(path, pool_size=1, manual_checkpoints=True)
@@ -46,6 +46,9 @@ class Connections:
 
     async def open(self, *, create: bool, reading: bool) -> None:
         """See ``Store.open``."""
+        if isinstance(self.path, str):
+            await self._open_server(create=create, reading=reading)
+            return
         path = self.path
         check = db.inspect_file if reading else db.check_for_writing
         if not await asyncio.to_thread(check, path):
@@ -83,12 +86,29 @@ class Connections:
             )
         await self._writer.run(db.upgrade_to_head, transaction=False)
 
+    async def _open_server(self, *, create: bool, reading: bool) -> None:
+        """A PostgreSQL database: it exists already (a server's databases are made by its
+        administrator); an empty one is migrated (``create``), one at an older schema too."""
+        url = self.path
+        revision = await self.query(lambda conn: db.schema_revision(conn, url))
+        if revision == db.head_revision():
+            if not reading:
+                self._writer.start()
+            return
+        if revision is None and not create:
+            raise StorageError(
+                f"{db.describe(url)} holds no mcp-background-job history (no tables). {db.DB_HINT}",
+                kind="not_a_database",
+            )
+        await self._writer.run(db.upgrade_to_head, transaction=False)
+
     async def _open_read_only(self, why: StorageError | None = None) -> None:
         """Readers that never write: SQLite's ``mode=ro``, or ``immutable`` where that cannot
         open a WAL database (a read-only mount, or a full disk, without the -shm file; measured
         on 3.40). An immutable reader ignores a -wal file, so it is used only when there is
         none (then no server has the database open: a server's connections keep a -wal)."""
         path = self.path
+        assert isinstance(path, Path), "a PostgreSQL database is never opened read-only"
         if why is None and not db.writable(path):
             why = db.read_only(path)
         self.no_writes = why or StorageError(
@@ -119,6 +139,8 @@ class Connections:
         self._sync_reader.dispose()
 
     def wal_bytes(self) -> int:
+        if isinstance(self.path, str):
+            return 0  # PostgreSQL: its WAL is the server's business
         try:
             return self.path.with_name(self.path.name + "-wal").stat().st_size
         except FileNotFoundError:
@@ -127,7 +149,9 @@ class Connections:
     async def checkpoint(self) -> None:
         """Copy the WAL into the database file (without waiting for readers), on the writer
         connection: a second connection checkpointing while this one writes can hit a WAL-reset
-        bug in SQLite < 3.51.3."""
+        bug in SQLite < 3.51.3. Nothing to do on PostgreSQL."""
+        if isinstance(self.path, str):
+            return
         await self.write(
             lambda conn: driver_sql(conn, "PRAGMA wal_checkpoint(PASSIVE)"), transaction=False
         )

@@ -51,7 +51,7 @@ class Store:
     Slightly over the ~400-line bound (420): every method is a thin, documented hand-off of a
     ``store/`` function to the writer thread or a reader; the SQL lives in those modules."""
 
-    def __init__(self, path: Path, *, read_pool: int = 4, writer_nice: int = 0) -> None:
+    def __init__(self, path: Path | str, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path
         self._db = Connections(path, read_pool=read_pool, writer_nice=writer_nice)
         self._write = self._db.write
@@ -113,10 +113,11 @@ class Store:
         env: Mapping[str, str],
         labels: Iterable[str],
         timeout_s: float | None,
-        owner_id: str,
+        owner_id: str | None,
         options: JobOptions = JobOptions(),  # noqa: B008 (frozen)
         audit: AuditEvent | None = None,
         starting_on: str | None = None,
+        host: str | None = None,
     ) -> Job:
         """Record a new queued job with its labels and dependencies.
 
@@ -153,6 +154,7 @@ class Store:
             detached=opts.detached,
             boot_id=starting_on,
             start_attempted_at=now if starting_on is not None else None,
+            host=host,
             events=(JobEvent(now, None, JobStatus.QUEUED, None, owner_id),),
         )
         row = None
@@ -323,12 +325,16 @@ class Store:
         jobs = jobs[:limit]
         return jobs, (listing.encode_list_cursor(jobs[-1]) if more else None)
 
-    async def orphaned_jobs(self, dead_owner_ids: Iterable[str]) -> list[Job]:
+    async def orphaned_jobs(
+        self, dead_owner_ids: Iterable[str], host: str | None = None
+    ) -> list[Job]:
         """Jobs nobody will look after: queued or running jobs of the given (dead) servers, of
         no server, or of servers that stopped (a stopped server's running job is one whose end
-        it could not record: it left it in the spool directory). Oldest first."""
+        it could not record: it left it in the spool directory). Oldest first. ``host``: only
+        jobs of that host (and of no recorded host): a job queued for a host has no server
+        until one there claims it."""
         dead = list(dead_owner_ids)
-        return await self._query(partial(lifecycle.orphaned_jobs, dead_owner_ids=dead))
+        return await self._query(partial(lifecycle.orphaned_jobs, dead_owner_ids=dead, host=host))
 
     # --- output ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     union,
     update,
 )
@@ -338,12 +339,16 @@ def ended_among(conn: Connection, job_ids: Sequence[str]) -> set[str]:
     return set(job_ids) - active
 
 
-def orphaned_jobs(conn: Connection, dead_owner_ids: Sequence[str]) -> list[Job]:
+def orphaned_jobs(
+    conn: Connection, dead_owner_ids: Sequence[str], host: str | None = None
+) -> list[Job]:
     """See ``Store.orphaned_jobs``."""
     stopped = select(ServerRow.id).where(ServerRow.stopped_at.is_not(None))
+    here = true() if host is None else or_(JobRow.host == host, JobRow.host.is_(None))
     query = (
         select(*JOB_COLUMNS)
         .where(
+            here,
             JobRow.status.in_(ACTIVE),
             or_(
                 JobRow.owner_id.in_(dead_owner_ids),

@@ -126,6 +126,8 @@ def list_query(flt: JobFilter, limit: int, cursor: str | None) -> Select[Any]:
         query = query.where(JobRow.status.in_(sorted(flt.statuses)))
     if flt.exit_code is not None:
         query = query.where(JobRow.exit_code == flt.exit_code)
+    if flt.host is not None:
+        query = query.where(JobRow.host == flt.host)
     if cursor is not None:
         after, last_id = decode_list_cursor(cursor)
         query = query.where(or_(created < after, and_(created == after, ident < last_id)))
@@ -136,7 +138,9 @@ def list_page(conn: Connection, query: Select[Any], command_contains: str | None
     """Run ``list_query``'s statement; ``command_contains`` of 3 characters or more asks the
     trigram index for candidates first and keeps ``LIKE`` as the exact test (see
     ``SEARCH_LOOKUP_MAX``)."""
-    match = search_match(command_contains) if command_contains else None
+    # PostgreSQL: the trigram index (pg_trgm, migration 0005) serves the LIKE itself.
+    trigrams = conn.dialect.name == "sqlite"
+    match = search_match(command_contains) if command_contains and trigrams else None
     hits = None if match is None else _search_candidates(conn, match)
     if hits is not None:
         if not hits:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, or_, select, update
 
 from ..db import JobRow, OutputChunkRow
+from ..db.dialects import tail_bytes
 from ..jobs import Chunk, Stream
 from .records import OutputBatch, counter_values
 
@@ -174,7 +175,7 @@ def read_backwards(
     conn: Connection, job_id: str, streams: Sequence[Stream], enough: int, max_bytes: int
 ) -> list[Chunk]:
     """See ``Store.read_backwards``."""
-    tail = func.substr(_c.data, -min(max_bytes, _SQL_MAX))  # only the end of a big row
+    tail = tail_bytes(_c.data, min(max_bytes, _SQL_MAX))  # only the end of a big row
     out: list[Chunk] = []
     newlines = total = 0
     seq: int | None = None

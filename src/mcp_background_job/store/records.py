@@ -87,6 +87,7 @@ def job_of(row: Row[Any], events: Sequence[JobEvent] = (), waiting_on: tuple[str
         rerun_of=m["rerun_of"],
         start_attempted_at=m["start_attempted_at"],
         detached=bool(m["detached"]),
+        host=m["host"],
         waiting_on=waiting_on,
         events=tuple(events),
     )
@@ -113,6 +114,7 @@ def job_row(job: Job) -> dict[str, Any]:
         "rerun_of": job.rerun_of,
         "start_attempted_at": job.start_attempted_at,
         "detached": job.detached,
+        "host": job.host,
         "boot_id": job.boot_id,
     }
 
@@ -282,6 +284,7 @@ class JobFilter:
     until: datetime | None = None
     statuses: frozenset[JobStatus] = frozenset()  # any of these (with ``status``: both apply)
     exit_code: int | None = None
+    host: str | None = None  # jobs of this machine (the ``host`` setting of its servers)
 
 
 @dataclass(frozen=True, slots=True)

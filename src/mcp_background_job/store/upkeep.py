@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, select
 
 from ..db import AuditEventRow, JobEventRow, JobRow, OutputChunkRow
+from ..db.dialects import page_stats, run_seconds
 from ..jobs import TERMINAL, AuditEvent, JobStatus
 from .records import JOB_COLUMNS, PruneCandidate, Stats, StatusChange, audit_of, job_of
 
@@ -21,7 +22,6 @@ PRUNE_BATCH_ROWS = 1000
 #: ``--keep-failed``: jobs that failed or ran out of time are kept.
 FAILURES = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 #: Page counts read for ``stats`` (constant names: nothing from outside goes into the SQL).
-_PAGE_PRAGMAS = ("PRAGMA page_size", "PRAGMA page_count", "PRAGMA freelist_count")
 
 
 def status_changes(conn: Connection, after: int, limit: int) -> tuple[list[StatusChange], int]:
@@ -40,9 +40,7 @@ def status_changes(conn: Connection, after: int, limit: int) -> tuple[list[Statu
 def stats(conn: Connection, longest: int) -> Stats:
     """See ``Store.stats``."""
     j = JobRow
-    duration = func.julianday(func.coalesce(j.ended_at, func.datetime("now"))) - func.julianday(
-        j.started_at
-    )
+    duration = run_seconds(j.started_at, j.ended_at)
     counts = conn.execute(select(j.status, func.count()).group_by(j.status)).all()
     totals = conn.execute(
         select(
@@ -61,7 +59,7 @@ def stats(conn: Connection, longest: int) -> Stats:
         .limit(longest)
     )
     slow = tuple(job_of(r) for r in rows)
-    pages = [conn.exec_driver_sql(pragma).scalar_one() for pragma in _PAGE_PRAGMAS]
+    pages = page_stats(conn)
     order = {s: i for i, s in enumerate(JobStatus)}
     by_status = tuple(sorted(((JobStatus(s), n) for s, n in counts), key=lambda x: order[x[0]]))
     return Stats(
@@ -151,6 +149,11 @@ def driver_sql(conn: Connection, sql: str) -> None:
 
 def vacuum(conn: Connection) -> bool:
     """See ``Store.vacuum`` (outside any transaction)."""
+    if conn.dialect.name == "postgresql":
+        # VACUUM cannot run in a transaction block: on a connection of its own, autocommit.
+        with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as auto:
+            auto.exec_driver_sql("VACUUM")
+        return True
     driver_sql(conn, "VACUUM")
     raw = conn.connection.dbapi_connection
     assert raw is not None

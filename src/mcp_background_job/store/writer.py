@@ -65,12 +65,12 @@ class Writer:
         engine: Engine,
         *,
         nice: int = 0,
-        path: Path | None = None,
+        path: Path | str | None = None,
         lock_wait_s: float = BUSY_TIMEOUT_MS / 1000,
     ) -> None:
         self._engine = engine
         self._nice = nice
-        self._path = path if path is not None else Path(str(engine.url.database))
+        self._path: Path | str = path if path is not None else Path(str(engine.url.database))
         self._lock_wait_s = lock_wait_s
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -177,7 +177,8 @@ class Writer:
         stuck = now < self._stuck_until
         left = MIN_LOCK_WAIT_S if stuck else max(deadline - now, MIN_LOCK_WAIT_S)
         ms = min(BUSY_TIMEOUT_MS, int(left * 10) * 100)  # in steps of 100 ms: few changes
-        if ms != self._busy_ms:
+        # (PostgreSQL: a fixed lock_timeout, set when connecting; there is no file lock.)
+        if ms != self._busy_ms and conn.dialect.name == "sqlite":
             _driver_pragma(conn, f"busy_timeout={ms}")
             self._busy_ms = ms
         return stuck

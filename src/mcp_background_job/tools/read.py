@@ -75,10 +75,16 @@ async def list_jobs(
         str | None,
         Field(max_length=SHORT_MAX, description="next_cursor of the previous page."),
     ] = None,
+    host: Annotated[
+        str | None,
+        Field(max_length=255, description="Only jobs of this machine (shared databases)."),
+    ] = None,
     app: App = Depends(get_app),
 ) -> ListResult:
     """Jobs newest first, including those of earlier server runs, one page at a time."""
-    return await tool_call(app.list_jobs(status, label, command_contains, since, limit, cursor))
+    return await tool_call(
+        app.list_jobs(status, label, command_contains, since, limit, cursor, host)
+    )
 
 
 @tool(title="Job status", annotations=READ_ONLY)

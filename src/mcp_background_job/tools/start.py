@@ -96,6 +96,14 @@ async def execute(
             "Not with pty."
         ),
     ] = None,
+    host: Annotated[
+        str | None,
+        Field(
+            max_length=255,
+            description="Run on this machine instead (a server there, sharing this PostgreSQL "
+            "database, claims and runs it; cwd must then be an absolute path there).",
+        ),
+    ] = None,
     app: App = Depends(get_app),
     client: Client = Depends(get_client),
 ) -> JobView:
@@ -106,7 +114,7 @@ async def execute(
     part that matched, and nothing is run."""
     started = app.execute(
         command, cwd, env, timeout_s, labels, pty, rows, cols, priority, after, run_anyway,
-        idle_timeout_s, detach, client=client,
+        idle_timeout_s, detach, client=client, host=host,
     )  # fmt: skip
     return await tool_call(started)
 

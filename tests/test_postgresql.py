@@ -1,0 +1,115 @@
+"""PostgreSQL specifics, on a real server (tests/pg.py): the Alembic migrations produce the
+models' schema there too and run down and up again, the README's ``psql`` recipes run as
+written, and a database of another program is refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from mcp_background_job import db
+from mcp_background_job.app import App
+from mcp_background_job.config import Settings
+from mcp_background_job.errors import StorageError
+from mcp_background_job.store import Store
+
+from .pg import PgServer
+from .test_readme import PLACEHOLDER, block
+
+
+def _name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def test_migrations_produce_the_models_schema_and_round_trip(pg_server: PgServer) -> None:
+    url = pg_server.new_database()
+    engine = db.make_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            db.upgrade_to_head(conn)
+            opts = {"compare_type": True, "include_name": db.include_name}
+            diff = compare_metadata(MigrationContext.configure(conn, opts=opts), db.metadata)
+            assert diff == []
+            conn.rollback()
+        views = pg_server.psql(
+            "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.views "
+            "WHERE table_schema = 'public'",
+            _name(url),
+        )
+        assert views.split(",") == sorted(db.VIEWS)
+        with engine.connect() as conn:
+            db.migrate_to(conn, "base", downgrade=True)
+            assert db.schema_revision(conn, url) is None
+            conn.rollback()
+        assert pg_server.psql("SELECT count(*) FROM pg_views WHERE schemaname = 'public'",
+                              _name(url)) == "0"  # fmt: skip
+        with engine.connect() as conn:
+            db.upgrade_to_head(conn)
+            assert db.schema_revision(conn, url) == db.head_revision()
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+async def test_a_database_of_another_program_is_refused(pg_server: PgServer) -> None:
+    url = pg_server.new_database()
+    pg_server.psql("CREATE TABLE invoices (id int)", _name(url))
+    store = Store(url)
+    with pytest.raises(StorageError, match="PostgreSQL database of another program"):
+        await store.open()
+    await store.close()
+
+
+@dataclass
+class PgHistory:
+    url: str
+    ok: str
+    failed: str
+    slow: str
+
+
+@pytest.fixture
+async def pg_history(pg_server: PgServer) -> AsyncIterator[PgHistory]:
+    url = pg_server.new_database()
+    app = await App.open(Settings(db=url, subreaper=False, host="box1"))
+    try:
+        jobs = []
+        for command, labels in (
+            ("echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c", ["ci"]),
+            ("echo failing; exit 3", ["ci"]),
+            ("sleep 0.6", ["nightly"]),
+        ):
+            view = await app.execute(command, labels=labels)
+            assert await app.runner.wait_end(view.id, 30)
+            jobs.append(view.id)
+    finally:
+        await app.close()
+    yield PgHistory(url, *jobs)
+
+
+def test_the_psql_recipes(pg_server: PgServer, pg_history: PgHistory) -> None:
+    lines = block("Many machines", "sql").splitlines()
+    titles = [line.removeprefix("-- ") for line in lines if line.startswith("-- ")]
+    queries = [line for line in lines if line and not line.startswith("--")]
+    assert len(queries) == len(titles) == 8
+    h = pg_history
+    got = {
+        t: pg_server.psql(q.replace(PLACEHOLDER, h.ok[:4]), _name(h.url))
+        for t, q in zip(titles, queries, strict=True)
+    }
+    last = got["the last 10 jobs, with their machine"].splitlines()
+    assert [row.split("|")[:2] for row in last] == [[j, "box1"] for j in (h.slow, h.failed, h.ok)]
+    failures = got["failures today (local time)"].splitlines()
+    assert [row.split("|")[:3] for row in failures] == [[h.failed, "failed", "3"]]
+    assert got["a job's full output as text"] == "a\nb\nc"  # (psql -A -t strips the newline)
+    slowest = got["the slowest commands"].splitlines()
+    assert slowest[0].split("|")[0] == h.slow and float(slowest[0].split("|")[1]) >= 0.6
+    labels = [row.split("|")[:3] for row in got["jobs by label"].splitlines()]
+    assert labels == [["ci", "2", "1"], ["nightly", "1", "0"]]
+    assert got["the policy in force at each start"]
+    assert got["jobs per machine and status"].splitlines() == ["box1|completed|2", "box1|failed|1"]
