@@ -231,7 +231,7 @@ class ScopeGuard(Middleware):
             if context.fastmcp_context is not None:
                 tool = await context.fastmcp_context.fastmcp.get_tool(name)
             hints = tool.annotations if tool is not None else None
-            if not (hints is not None and hints.readOnlyHint):
+            if not (hints is not None and hints.read_only_hint):
                 app = self.auth.app()
                 event = app.admission.event(
                     "auth_refused", None, detail={"tool": name[:64], "scope": "read"}

@@ -51,7 +51,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.db)
     await store.open()
     try:
-        if args.token_cmd == "create":
+        action = args.token_cmd
+        if action == "create":
             now = utcnow()
             secret = new_secret()
             lifetime = parse_age(args.expires) if args.expires else None
@@ -71,18 +72,23 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 0
-        if args.token_cmd == "list":
+        if action == "list":
             now = utcnow()
             for t in await store.list_tokens():
-                row = {"name": t.name, "scope": t.scope, "state": t.state(now),
-                       "created_at": t.created_at.isoformat(),
-                       "expires_at": t.expires_at.isoformat() if t.expires_at else None,
-                       "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}  # fmt: skip
+                row = {
+                    "name": t.name,
+                    "scope": t.scope,
+                    "state": t.state(now),
+                    "created_at": t.created_at.isoformat(),
+                    "expires_at": t.expires_at.isoformat() if t.expires_at else None,
+                    "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                }
                 if args.json:
                     print(json.dumps(row))
                 else:
-                    print(f"{t.name}\t{t.scope}\t{row['state']}\tcreated {t.created_at:%Y-%m-%d %H:%M}"
-                          + (f"\texpires {t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else ""))  # fmt: skip
+                    ends = f"\texpires {t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else ""
+                    made = f"created {t.created_at:%Y-%m-%d %H:%M}"
+                    print(f"{t.name}\t{t.scope}\t{row['state']}\t{made}{ends}")
             return 0
         if not await store.revoke_token(args.name):
             print(f"mcp-background-job: no token named {args.name!r}: see token list.",

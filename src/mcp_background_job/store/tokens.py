@@ -12,12 +12,11 @@ from ..db import ApiTokenRow
 from ..errors import InvalidRequest
 from ..tokens import ApiToken, check_scope
 
-
 _t = ApiTokenRow
 _COLUMNS = (_t.name, _t.scope, _t.sha256, _t.created_at, _t.expires_at, _t.revoked_at)
 
 
-def _of(row: Row[Any]) -> ApiToken:
+def _of(row: Row[Any] | Any) -> ApiToken:
     return ApiToken(
         name=row.name,
         scope=check_scope(row.scope),

@@ -11,8 +11,8 @@ from typing import Annotated, Literal, TypeVar
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
-from fastmcp.server.dependencies import get_access_token
 from fastmcp.exceptions import ResourceError, ToolError
+from fastmcp.server.dependencies import get_access_token
 from pydantic import Field
 
 from ..app import App, Client, ProgressFn

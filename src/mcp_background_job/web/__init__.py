@@ -103,9 +103,7 @@ class Web:
         wait = self.auth.limiter.retry_after(address)
         if wait > 0:
             await self.auth.audit_failure(address, "/login", "rate_limited", None, 429)
-            return _page(
-                "login.html", 429, error=f"Too many failed sign-ins: wait {wait:.0f} s."
-            )
+            return _page("login.html", 429, error=f"Too many failed sign-ins: wait {wait:.0f} s.")
         form = await request.form()
         token = str(form.get("token", "")).strip()
         stored, reason = await self.auth.lookup(token)
@@ -215,9 +213,7 @@ class Web:
         try:
             view = await app.status(job_id)
             start, skipped = await self._start_cursor(app, view.id)
-            out = await app.reader.output(
-                view.id, "both", start, PAGE_BYTES, "auto", colours=True
-            )
+            out = await app.reader.output(view.id, "both", start, PAGE_BYTES, "auto", colours=True)
         except BackgroundJobError as exc:
             return _page("error.html", 404, message=str(exc))
         return _page(
@@ -239,9 +235,7 @@ class Web:
         cursor = request.query_params.get("cursor") or None
         try:
             view = await app.status(request.path_params["job_id"])
-            out = await app.reader.output(
-                view.id, "both", cursor, PAGE_BYTES, "auto", colours=True
-            )
+            out = await app.reader.output(view.id, "both", cursor, PAGE_BYTES, "auto", colours=True)
         except BackgroundJobError as exc:
             return _page("error.html", 404, message=str(exc))
         return _page(
