@@ -86,7 +86,7 @@ async def http_server(db: Path, env: dict[str, str] | None = None) -> AsyncItera
             return False
 
     try:
-        await wait_for(ready, timeout=90, interval=0.2, message="the HTTP server to listen")
+        await wait_for(ready, timeout=180, interval=0.2, message="the HTTP server to listen")
         yield HttpServer(url=url, db=db, log=log, process=process)
     finally:
         if process.poll() is None:
