@@ -41,7 +41,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Pure functions over text, commands and results: no I/O, no database, no processes.
     (
         "pure",
-        ("terminal", "redact", "shell*", "policy*", "verdict", "models", "argerrors", "checks"),
+        (
+            "terminal",
+            "redact",
+            "shell*",
+            "policy*",
+            "verdict",
+            "models",
+            "argerrors",
+            "checks",
+            "tokens",
+        ),
     ),
     # The storage gateway: the only code that builds SQL.
     ("storage", ("db", "store")),
@@ -52,9 +62,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("app parts", ("admission", "masking", "reading", "interaction")),
     ("app", ("app",)),
     # The only layer that knows MCP (``tools`` registered by ``server``).
-    ("mcp", ("tools", "server", "stdio")),
+    ("mcp", ("tools", "server", "stdio", "httpserve", "web")),
     # The command line for people (``serve`` hands over to the MCP layer).
-    ("cli", ("cli", "commands", "history", "report", "worker")),
+    ("cli", ("cli", "commands", "history", "report", "worker", "tokencmd")),
 ]
 
 #: Modules that import nothing from the package at all: they run as scripts (``python -I -S``).

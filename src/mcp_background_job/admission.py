@@ -50,6 +50,8 @@ class Client:
     version: str | None = None
     session_id: str | None = None
     protocol: str | None = None
+    #: The name of the HTTP bearer token the request carried (verified, unlike the rest).
+    token: str | None = None
 
 
 class TokenBucket:
@@ -322,6 +324,7 @@ def audit_event(
         client_name=c.name,
         client_version=c.version,
         session_id=c.session_id,
+        token=c.token,
         detail={**(detail or {}), **({"protocol": c.protocol} if c.protocol else {})},
     )
 

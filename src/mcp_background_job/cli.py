@@ -88,7 +88,13 @@ Command = Callable[..., argparse.ArgumentParser]
 
 def _add_read_commands(command: Command) -> None:
     """``serve`` and the commands that read the history: list, show, logs."""
-    serve = command("serve", "Run the MCP server on stdio (the default).")
+    serve = command("serve", "Run the MCP server on stdio (the default), or over HTTP.")
+    serve.add_argument(
+        "--http", metavar="[HOST:]PORT",
+        help="Serve MCP's streamable HTTP transport at /mcp and the web page at /, with "
+        "bearer tokens (token create). HOST defaults to 127.0.0.1: put a TLS reverse proxy in "
+        "front before binding anything else.",
+    )  # fmt: skip
     serve.add_argument("--max-concurrent", type=int, help="Running jobs at once.")
     serve.add_argument("--shell", help="Shell used as SHELL -c COMMAND.")
 
@@ -224,11 +230,16 @@ def _add_security_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     audit = sub.add_parser("audit", parents=[common], help="Print the security audit log.")
     audit.add_argument("--limit", type=int, default=50, help="Newest N events (default 50).")
     audit.add_argument(
-        "--kind", choices=["execute", "kill", "interact", "rate_limited", "policy_loaded"]
-    )
+        "--kind",
+        choices=["execute", "kill", "interact", "rate_limited", "policy_loaded", "auth_failed",
+                 "auth_refused"],
+    )  # fmt: skip
     audit.add_argument("--since", help="ISO time or an age such as 30m, 2h, 7d.")
     audit.add_argument("--job", help="Only events about this job id.")
     audit.add_argument("--json", action="store_true", help="One JSON object per line.")
+    from .tokencmd import add_token_commands
+
+    add_token_commands(sub, common)
 
 
 def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -325,6 +336,15 @@ def _main(argv: Sequence[str] | None) -> None:
         )
     if args.cmd == "policy":
         raise SystemExit(_policy_check(args, settings))
+    if args.cmd == "token":
+        from . import tokencmd
+
+        try:
+            raise SystemExit(tokencmd.run(args, settings))
+        except (InvalidRequest, ValueError) as exc:
+            _fail(str(exc), 2)
+        except BackgroundJobError as exc:
+            _fail(str(exc), 1)
     serving = args.cmd in (None, "serve")
     # Logs go to stderr only (stdout is the protocol stream, or the output a person reads).
     # Commands for people log warnings only, unless asked.
@@ -336,7 +356,7 @@ def _main(argv: Sequence[str] | None) -> None:
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if serving:
-        _serve(settings)
+        _serve(settings, getattr(args, "http", None))
         return
     existing = args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING
     if existing and isinstance(settings.db, Path):  # PostgreSQL: checked when opened
@@ -374,7 +394,7 @@ def _check_exists(path: Path) -> None:
         _fail(str(exc), 1)
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, http: str | None = None) -> None:
     import anyio
 
     from . import db
@@ -401,7 +421,10 @@ def _serve(settings: Settings) -> None:
         dict(isolation.rlimits),
     )
     try:
-        anyio.run(serve_stdio, create_server(settings, isolation))
+        if http is None:
+            anyio.run(serve_stdio, create_server(settings, isolation))
+        else:
+            _serve_http(settings, isolation, http)
     except* BackgroundJobError as group:
         # E.g. a database written by a newer version: refused before anything was changed.
         _fail("; ".join(str(e) for e in group.exceptions), 1)
@@ -413,6 +436,22 @@ def _serve(settings: Settings) -> None:
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(0)
+
+
+def _serve_http(settings: Settings, isolation: Any, address: str) -> None:
+    import anyio
+
+    from .httpserve import parse_address, serve_http, setup
+    from .server import create_server
+
+    try:
+        host, port = parse_address(address)
+    except ValueError as exc:
+        _fail(f"--http: {exc}", 2)
+    apps: dict[str, Any] = {}
+    mcp = create_server(settings, isolation, apps)
+    auth = setup(mcp, apps)
+    anyio.run(serve_http, mcp, auth, host, port)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -204,6 +204,7 @@ async def audit(args: argparse.Namespace, settings: Settings) -> int:
                              default=str))  # fmt: skip
             continue
         who = f" client={e.client_name}" if e.client_name else ""
+        who += f" token={e.token}" if e.token else ""
         what = " ".join(
             x for x in (e.decision, f"rule={e.rule}" if e.rule else None,
                         f"job={e.job_id}" if e.job_id else None) if x

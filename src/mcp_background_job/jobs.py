@@ -292,7 +292,11 @@ class ServerInstance:
 
 
 #: What an audit event is about; a CHECK constraint keeps the column to these.
-AuditKind = Literal["execute", "kill", "interact", "rate_limited", "policy_loaded"]
+#: ``auth_failed``: an HTTP request without a valid token (401, or 429 once an address failed too
+#: often); ``auth_refused``: a valid ``read`` token asked for a tool that changes things.
+AuditKind = Literal[
+    "execute", "kill", "interact", "rate_limited", "policy_loaded", "auth_failed", "auth_refused"
+]
 AUDIT_KINDS: tuple[AuditKind, ...] = get_args(AuditKind)
 
 
@@ -304,7 +308,8 @@ class AuditEvent:
     mapping and the tool's view (``models.AuditView``) follow its fields, which
     ``tests/test_store.py`` checks. ``decision``/``rule``/``matched``: the policy's answer for
     an execute. ``client_*``/``session_id``: what the MCP client said about itself
-    (self-reported). ``detail``: small JSON-able facts, never secrets.
+    (self-reported). ``token``: the name of the bearer token of an HTTP request (verified;
+    never the token itself). ``detail``: small JSON-able facts, never secrets.
     """
 
     kind: AuditKind
@@ -318,6 +323,7 @@ class AuditEvent:
     client_name: str | None = None
     client_version: str | None = None
     session_id: str | None = None
+    token: str | None = None
     detail: dict[str, object] = field(default_factory=dict)
     id: int | None = None
     at: datetime | None = None

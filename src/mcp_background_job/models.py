@@ -279,6 +279,7 @@ class AuditView(_Model):
     session_id: str | None = Field(
         None, description="MCP session (handshake-era connections only; 2026-07-28 has none)."
     )
+    token: str | None = Field(None, description="Name of the HTTP bearer token (verified).")
     detail: dict[str, object]
 
     @classmethod

@@ -97,7 +97,11 @@ class Reader:
         cursor: str | None = None,
         max_bytes: int = MAX_READ_BYTES,
         render: RenderChoice = "auto",
+        *,
+        colours: bool = False,
     ) -> OutputResult:
+        """A page of output from ``cursor``. ``colours``: SGR sequences are kept (the web page
+        renders them); every other control sequence is removed as always."""
         if not 1 <= max_bytes <= MAX_READ_BYTES:
             raise InvalidRequest(f"max_bytes must be between 1 and {MAX_READ_BYTES}.")
         job_id = await self.store.resolve_id(job_id)
@@ -106,7 +110,7 @@ class Reader:
         pos = parse_cursor(cursor, job)
         streams = list(Stream) if stream == "both" else [Stream(stream)]
         plain = plain_for(job, render)
-        read = await self.read(job, streams, pos, max_bytes, plain)
+        read = await self.read(job, streams, pos, max_bytes, plain, colours=colours)
         more = read.more(job, streams)
         return OutputResult(
             job_id=job.id,
@@ -130,6 +134,8 @@ class Reader:
         pos: dict[Stream, int],
         max_bytes: int,
         plain: bool = False,
+        *,
+        colours: bool = False,
     ) -> Read:
         """Output from ``pos`` on: masked, held back where a secret may be incomplete, decoded,
         control sequences stripped. ``plain``: rendered as a terminal shows it; an escape
@@ -157,7 +163,9 @@ class Reader:
                 text = text[:-hold]
                 new[s] -= size
                 covered -= size
-        shown = strip_controls(terminal.render(text, job.cols) if plain else text)
+        shown = strip_controls(
+            terminal.render(text, job.cols) if plain else text, keep_colours=colours and not plain
+        )
         shown, more_hits = self.masker.mask_shown(job, shown)
         return Read(shown, new, covered, dropped, m.held, m.hits + more_hits)
 

@@ -753,10 +753,16 @@ _CONTROL = re.compile(
 )
 
 
-def strip_controls(text: str) -> str:
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_controls(text: str, *, keep_colours: bool = False) -> str:
     """Text without terminal control sequences: an escape in a job's output (an OSC 52 clipboard
     write, a title change, cursor movement) must not reach the client's terminal. Tabs, line
-    feeds and carriage returns stay."""
+    feeds and carriage returns stay. ``keep_colours``: colour and style sequences (SGR,
+    ``ESC [ ... m``) stay, for the web page, which turns them into HTML."""
     if text.isprintable():
         return text
+    if keep_colours:
+        return _CONTROL.sub(lambda m: m[0] if _SGR.fullmatch(m[0]) else "", text)
     return _CONTROL.sub("", text)

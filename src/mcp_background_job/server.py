@@ -233,14 +233,18 @@ class _Subscriptions:
             await asyncio.sleep(0 if more else WATCH_INTERVAL_S)
 
 
-def create_server(settings: Settings, isolation: Isolation | None = None) -> FastMCP:
+def create_server(
+    settings: Settings, isolation: Isolation | None = None, apps: dict[str, App] | None = None
+) -> FastMCP:
     """A FastMCP server whose lifespan opens the database and runs the jobs.
 
     ``isolation``: already detected by the caller (the CLI checks it before serving, so an
     unavailable mode is reported before any protocol traffic); detected here otherwise.
+    ``apps``: filled with ``{"app": App}`` while the lifespan runs (``httpserve``'s token
+    check and web page use the App outside tool calls).
     """
 
-    apps: dict[str, App] = {}
+    apps = {} if apps is None else apps
     subscriptions = _Subscriptions()
 
     @asynccontextmanager

@@ -261,7 +261,27 @@ class AuditEventRow(Base):
     client_name: Mapped[str | None] = mapped_column(String)
     client_version: Mapped[str | None] = mapped_column(String)
     session_id: Mapped[str | None] = mapped_column(String)
+    token: Mapped[str | None] = mapped_column(String)  # the token's name (HTTP), never its value
     detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
+class ApiTokenRow(Base):
+    """A bearer token for ``serve --http``: only the SHA-256 of the token is kept.
+
+    ``scope``: ``read`` (read-only tools and the web page) or ``run`` (everything).
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'run')", name="scope"),
+        Index(None, "sha256", unique=True),
+    )
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    scope: Mapped[str] = mapped_column(String)
+    sha256: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 metadata = Base.metadata

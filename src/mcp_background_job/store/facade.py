@@ -25,7 +25,8 @@ from ..jobs import (
     ServerInstance,
     Stream,
 )
-from . import lifecycle, listing, output, upkeep
+from ..tokens import ApiToken
+from . import counts, lifecycle, listing, output, tokens, upkeep
 from .connections import Connections
 from .records import (
     Change,
@@ -490,3 +491,23 @@ class Store:
                 before_id=before_id,
             )
         )
+
+    # --- bearer tokens (serve --http) -----------------------------------------------------
+
+    async def create_token(self, token: ApiToken) -> None:
+        """Store a token (its hash); ``InvalidRequest`` if the name is taken."""
+        await self._write(partial(tokens.insert_token, token=token))
+
+    async def list_tokens(self) -> list[ApiToken]:
+        return await self._query(tokens.list_tokens)
+
+    async def find_token(self, sha256: str) -> ApiToken | None:
+        return await self._query(partial(tokens.find_token, sha256=sha256))
+
+    async def revoke_token(self, name: str) -> bool:
+        """Revoke the token of that name now; False if there is none."""
+        return await self._write(partial(tokens.revoke_token, name=name, at=utcnow()))
+
+    async def counts_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status listed, 0 included)."""
+        return await self._query(counts.by_status)

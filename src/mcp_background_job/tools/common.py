@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
 from fastmcp.exceptions import ResourceError, ToolError
+from fastmcp.server.dependencies import get_access_token
 from pydantic import Field
 
 from ..app import App, Client, ProgressFn
@@ -127,4 +128,7 @@ def get_client(ctx: Context = CurrentContext()) -> Client:
                 session = ctx.session_id
     except (RuntimeError, AttributeError):  # no session (background task): record what we have
         pass
-    return Client(name=name, version=version, session_id=session, protocol=protocol)
+    # Over HTTP the bearer token was verified (httpserve): its name says who ran what.
+    access = get_access_token()
+    token = access.client_id if access is not None else None
+    return Client(name=name, version=version, session_id=session, protocol=protocol, token=token)
