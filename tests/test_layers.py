@@ -41,7 +41,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Pure functions over text, commands and results: no I/O, no database, no processes.
     (
         "pure",
-        ("terminal", "redact", "shell*", "policy*", "verdict", "models", "argerrors", "checks"),
+        ("terminal", "redact", "shell*", "policy*", "verdict", "matching", "models", "argerrors",
+         "checks"),
     ),
     # The storage gateway: the only code that builds SQL.
     ("storage", ("db", "store")),
@@ -49,7 +50,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("processes", ("cgroup", "isolation", "proctree", "ptyjob", "capture")),
     ("runner", ("runner",)),
     # The parts of the job operations behind the facade: admission, masking, reading, interact.
-    ("app parts", ("admission", "masking", "reading", "interaction")),
+    ("app parts", ("admission", "masking", "reading", "grepping", "interaction")),
     ("app", ("app",)),
     # The only layer that knows MCP (``tools`` registered by ``server``).
     ("mcp", ("tools", "server", "stdio")),
