@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
@@ -50,7 +50,8 @@ async def grep(
 async def search(
     pattern: Regex,
     label: Annotated[str | None, Field(max_length=LABEL_MAX)] = None,
-    status: JobStatus | None = None,
+    status: Literal["queued", "running", "completed", "failed", "killed", "timed_out"]
+    | None = None,
     since: Annotated[
         str | None, Field(max_length=SHORT_MAX, description="ISO time or age: 2h, 7d.")
     ] = None,
@@ -65,5 +66,14 @@ async def search(
     """Jobs whose output matches, newest first, with match counts. Bounded work per call:
     go on with next_cursor."""
     return await tool_call(
-        app.search(pattern, label, status, since, command_contains, limit, cursor, ignore_case)
+        app.search(
+            pattern,
+            label,
+            JobStatus(status) if status else None,
+            since,
+            command_contains,
+            limit,
+            cursor,
+            ignore_case,
+        )
     )
