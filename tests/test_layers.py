@@ -41,8 +41,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # Pure functions over text, commands and results: no I/O, no database, no processes.
     (
         "pure",
-        ("terminal", "redact", "shell*", "policy*", "verdict", "matching", "models", "argerrors",
-         "checks"),
+        (
+            "terminal",
+            "redact",
+            "shell*",
+            "policy*",
+            "verdict",
+            "matching",
+            "models",
+            "argerrors",
+            "checks",
+        ),
     ),
     # The storage gateway: the only code that builds SQL.
     ("storage", ("db", "store")),
