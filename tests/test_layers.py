@@ -64,7 +64,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The only layer that knows MCP (``tools`` registered by ``server``).
     ("mcp", ("tools", "server", "stdio")),
     # The command line for people (``serve`` hands over to the MCP layer).
-    ("cli", ("cli", "commands", "history", "report")),
+    ("cli", ("cli", "commands", "history", "historygrep", "report")),
 ]
 
 #: Modules that import nothing from the package at all: they run as scripts (``python -I -S``).

@@ -117,12 +117,15 @@ class LineScanner:
         budget: int | None = None,
         deadline: float | None = None,
         count_all: bool = True,
+        line_no: int | None = None,
     ) -> StreamScan:
         """Lines of ``stream`` from ``start`` (a line start) matching ``pattern``: the first
         ``keep`` kept, all counted (``count_all``; else it stops once ``keep`` are found), at
-        most about ``budget`` bytes scanned (None: no limit)."""
+        most about ``budget`` bytes scanned (None: no limit). ``line_no``: the number of the
+        line at ``start``, when the caller knows it (else it is counted from the stored bytes)."""
         end = job.ingested(stream)
-        line_no = 1 + (await self.store.newlines_before(job.id, stream, start) if start else 0)
+        if line_no is None:
+            line_no = 1 + (await self.store.newlines_before(job.id, stream, start) if start else 0)
         hits: list[Hit] = []
         gaps: list[OutputGap] = []
         total = scanned = 0
