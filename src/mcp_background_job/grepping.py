@@ -179,6 +179,10 @@ class LineScanner:
             # final newline): matched as it is now; ``pos`` stays at its start.
             total += self._lines(job, stream, carry, carry_at, line_no, pattern, context, keep,
                                  hits, waiting, recent)  # fmt: skip
+        if carry and complete and job.status.is_terminal:
+            # An ended job's last line without a newline is final: it was matched, the
+            # stream is done (else ``search`` would resume at its start forever).
+            return StreamScan(hits, total, scanned, gaps, carry_at + len(carry), True)
         return StreamScan(hits, total, scanned, gaps, carry_at, complete and not carry)
 
     def _lines(

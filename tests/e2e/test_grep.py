@@ -140,3 +140,39 @@ async def test_search_the_history(db: Path) -> None:
         assert [h["job_id"] for h in page["jobs"]] == [ids[2]] and page["next_cursor"]
         rest = await s.call("search", pattern="Segmentation", limit=1, cursor=page["next_cursor"])
         assert [h["job_id"] for h in rest["jobs"]] == [ids[0]]
+
+
+async def test_search_filters_and_an_output_without_a_final_newline(db: Path) -> None:
+    async with start_server(db) as s:
+        # The last line has no newline: search must finish the job, not resume at that line.
+        tail = await s.execute("seq 1 3000; printf 'needle at the end'", labels=["ci"])
+        await s.wait_done(tail["id"])
+        running = await s.execute("echo needle running; sleep 30")
+        r = await s.call("search", pattern="needle")
+        for _ in range(100):
+            if len(r["jobs"]) == 2:
+                break
+            await asyncio.sleep(0.05)
+            r = await s.call("search", pattern="needle")
+        assert [h["job_id"] for h in r["jobs"]] == [running["id"], tail["id"]]
+        assert r["next_cursor"] is None and r["jobs"][1]["complete"]
+        by_status = await s.call("search", pattern="needle", status="running")
+        assert [h["job_id"] for h in by_status["jobs"]] == [running["id"]]
+        by_label = await s.call("search", pattern="needle", label="ci")
+        assert [h["job_id"] for h in by_label["jobs"]] == [tail["id"]]
+        assert (await s.call("search", pattern="needle", since="2000-01-01"))["jobs"]
+        future = await s.call("search", pattern="needle", since="2999-01-01T00:00:00Z")
+        assert future["jobs"] == [] and future["jobs_scanned"] == 0
+        await s.call("kill", job_id=running["id"])
+
+
+async def test_invalid_cursors_are_refused(db: Path) -> None:
+    async with start_server(db) as s:
+        job = await s.execute("echo a")
+        await s.wait_done(job["id"])
+        for bad in ("nonsense", "1:2:3:4", "abc:x:y"):
+            with pytest.raises(ToolError, match="cursor"):
+                await s.call("search", pattern="a", cursor=bad)
+        for bad in ("nonsense", "-5:0", "x:y"):
+            with pytest.raises(ToolError, match=r"(?i)cursor"):
+                await s.call("grep", job_id=job["id"], pattern="a", cursor=bad)
