@@ -517,6 +517,82 @@ async def bench_postgresql(tmp: Path, sz: Sizes) -> list[Row]:
     return rows
 
 
+# --- finding things in output (grep, wait until, search) -----------------------------------
+
+
+async def bench_find(tmp: Path, sz: Sizes) -> list[Row]:
+    """``grep`` over a big job against ``grep -c`` over the same bytes in a file; ``wait``
+    until a line: from the line being written (its timestamp) to the call returning; ``search``
+    over a history of jobs with a pattern no line matches (everything is scanned)."""
+    size = (8 if sz is QUICK else 64) * 2**20
+    line = "a line of build output, as a compiler prints it"
+    cmd = f"yes '{line}' | head -c {size}; echo 'ERROR: the one failure'"
+    rows: list[Row] = []
+    async with server(tmp / "find.db", max_output_bytes=2 * size) as c:
+        job = await call(c, "execute", command=cmd)
+        await wait_done(c, job["id"])
+        file = tmp / "find.out"
+        subprocess.run(["sh", "-c", f"({cmd}) > {file}"], check=True)
+        base, ours = [], []
+        for _ in range(3):
+            t = time.perf_counter()
+            out = subprocess.run(["grep", "-c", "ERROR", str(file)], capture_output=True)
+            base.append(time.perf_counter() - t)
+            assert out.stdout == b"1\n", out
+            t = time.perf_counter()
+            r = await call(c, "grep", job_id=job["id"], pattern="ERROR")
+            ours.append(time.perf_counter() - t)
+            assert r["total_matches"] == 1 and r["bytes_searched"] > size, r
+        file.unlink()
+        b, o = statistics.median(base), statistics.median(ours)
+        rows.append(
+            Row(f"grep tool, {size // 2**20} MiB job", f"{b * 1000:.0f} ms (grep -c, file)",
+                f"{o * 1000:.0f} ms", o / b, "≤ 3× and ≤ 1 s", o <= 3 * b and o <= 1,
+                f"median of 3; {size / MB / o:.0f} MB/s")
+        )  # fmt: skip
+        print(f"  grep: {o:.3f} s vs grep -c {b:.3f} s", file=sys.stderr)
+        # wait until: the job stamps each line with the time it wrote it.
+        n = 10 if sz is QUICK else 40
+        ticker = await call(c, "execute", command=(
+            f"for i in $(seq 1 {n}); do sleep 0.2; echo \"tick $(date +%s%N)\"; done"))  # fmt: skip
+        lat: list[float] = []
+        cursor = None
+        while len(lat) < n:
+            r = await call(c, "wait", job_id=ticker["id"], until="^tick", cursor=cursor,
+                           timeout_s=20)  # fmt: skip
+            if r["until"] != "matched":
+                break
+            lat.append(time.time() - int(r["match"]["line"].split()[1]) / 1e9)
+            cursor = r["cursor"]
+        p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
+        rows.append(
+            Row("wait until a line: written → returned", "-", f"p50 {p50:.0f} ms, p99 {p99:.0f} ms",
+                None, "≤ 100 ms", p99 <= 100, f"{len(lat)} lines, one every 0.2 s")
+        )  # fmt: skip
+        print(f"  wait until: {len(lat)} samples", file=sys.stderr)
+        # search: a history of jobs, scanned through with the cursors.
+        jobs, each = (4, 4 * 2**20) if sz is QUICK else (16, 16 * 2**20)
+        for _ in range(jobs):
+            j = await call(c, "execute", command=f"yes '{line}' | head -c {each}")
+            await wait_done(c, j["id"])
+        scanned, cursor, calls = 0, None, 0
+        t = time.perf_counter()
+        while True:
+            r = await call(c, "search", pattern="no line has this", limit=100, cursor=cursor)
+            scanned += r["bytes_scanned"]
+            calls += 1
+            cursor = r["next_cursor"]
+            if cursor is None:
+                break
+        took = time.perf_counter() - t
+        rate = scanned / MB / took
+        rows.append(
+            Row(f"search throughput ({scanned // 2**20} MiB history)", "-", f"{rate:.0f} MB/s",
+                None, "≥ 200 MB/s", rate >= 200, f"{calls} calls, {jobs + 2} jobs")
+        )  # fmt: skip
+    return rows
+
+
 BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "big": bench_big_job,
     "huge": bench_huge_and_tail,
@@ -527,6 +603,7 @@ BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "redact": bench_redact,
     "detach": bench_detach,
     "postgresql": bench_postgresql,
+    "find": bench_find,
 }
 
 

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "shell*",
             "policy*",
             "verdict",
+            "matching",
             "models",
             "argerrors",
             "checks",
@@ -59,12 +60,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("processes", ("cgroup", "isolation", "proctree", "ptyjob", "capture")),
     ("runner", ("runner",)),
     # The parts of the job operations behind the facade: admission, masking, reading, interact.
-    ("app parts", ("admission", "masking", "reading", "interaction")),
+    ("app parts", ("admission", "masking", "reading", "grepping", "interaction")),
     ("app", ("app",)),
     # The only layer that knows MCP (``tools`` registered by ``server``).
     ("mcp", ("tools", "server", "stdio", "httpserve", "web")),
     # The command line for people (``serve`` hands over to the MCP layer).
-    ("cli", ("cli", "commands", "history", "report", "worker", "tokencmd")),
+    ("cli", ("cli", "commands", "history", "historygrep", "report", "worker", "tokencmd")),
 ]
 
 #: Modules that import nothing from the package at all: they run as scripts (``python -I -S``).

@@ -35,10 +35,12 @@ from .checks import (
 from .config import parse_since
 from .db import utcnow
 from .errors import InvalidRequest, JobNotFound, JobStateError
+from .grepping import Finder
 from .interaction import DEFAULT_INTERACT_WAIT_S, DEFAULT_SETTLE_S, Interaction
 from .isolation import WITHHELD, detect
 from .jobs import ACTIVE, JobOptions, JobStatus, parse_signal
 from .masking import Masker
+from .matching import GrepResult, SearchResult
 from .models import ListResult, WaitedJob, WaitManyResult, WaitResult, summary, view
 from .reading import MAX_READ_BYTES, MAX_TAIL_LINES, Reader
 from .redact import Redactor
@@ -101,6 +103,7 @@ class App:
         self.masker = masker
         self.reader = Reader(store, runner, masker)
         self.interaction = Interaction(store, runner, self.reader, admission)
+        self.finder = Finder(store, runner, self.reader, masker)
 
     @classmethod
     async def open(cls, settings: Settings, isolation: Isolation | None = None) -> App:
@@ -415,9 +418,55 @@ class App:
             )
         return self._view(job, note)
 
+    async def grep(
+        self,
+        job_id: str,
+        pattern: str,
+        stream: StreamChoice = "both",
+        context: int = 0,
+        max_matches: int = 50,
+        ignore_case: bool = False,
+        cursor: str | None = None,
+    ) -> GrepResult:
+        """See ``grepping.Finder.grep``."""
+        return await self.finder.grep(job_id, pattern, stream, context, max_matches, ignore_case,
+                                      cursor)  # fmt: skip
+
+    async def search(
+        self,
+        pattern: str,
+        label: str | None = None,
+        status: JobStatus | None = None,
+        since: str | None = None,
+        command_contains: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        ignore_case: bool = False,
+    ) -> SearchResult:
+        """See ``grepping.Finder.search``."""
+        return await self.finder.search(pattern, label, status, since, command_contains, limit,
+                                        cursor, ignore_case)  # fmt: skip
+
     async def wait(
-        self, job_id: str, timeout_s: float = 30.0, progress: ProgressFn | None = None
+        self,
+        job_id: str,
+        timeout_s: float = 30.0,
+        progress: ProgressFn | None = None,
+        until: str | None = None,
+        cursor: str | None = None,
     ) -> WaitResult:
+        if until is not None:
+            got = await self.finder.wait_until(job_id, until, timeout_s, cursor, progress)
+            job = await self.store.get_job(got.job_id)
+            message = {
+                "matched": f"A line of job {job.id} matched after {got.waited_s:.1f} s.",
+                "ended": f"Job {job.id} ended ({job.status}) before a line matched.",
+                "timeout": f"No line matched after {got.waited_s:.1f} s; call wait again with "
+                "the cursor.",
+            }[got.until]
+            return WaitResult(finished=job.status.is_terminal, waited_s=got.waited_s,
+                              message=message, job=self._view(job), until=got.until,
+                              match=got.match, cursor=got.cursor)  # fmt: skip
         check_wait(timeout_s)
         capped = min(timeout_s, MAX_WAIT_S)
         job_id = await self.store.resolve_id(job_id)

@@ -9,7 +9,8 @@ database layer before a command needs it: the modules of each command are import
 (``policy check`` takes ``admission.policy_from``, not ``app``: no runner stack for a check).
 
 Exit codes: 0 done; 1 it could not be done (storage, a job in the wrong state); 2 a usage error
-(bad arguments, unknown or ambiguous job id); ``run`` exits with the job's own exit status.
+(bad arguments, unknown or ambiguous job id); ``run`` exits with the job's own exit status;
+``grep`` exits as grep(1) does (0 matched, 1 nothing matched, 2 any error).
 """
 
 from __future__ import annotations
@@ -135,6 +136,19 @@ def _add_read_commands(command: Command) -> None:
     )
     logs.add_argument("-f", "--follow", action="store_true", help="Go on until the job ends.")
     logs.add_argument("-n", "--tail", type=int, metavar="N", help="Only the last N lines.")
+
+    grep = command(
+        "grep",
+        "Lines of jobs' output matching an RE2 regex (secrets masked), as grep prints them: "
+        "ID:LINE:text (ID/stderr for stderr). Exit status: 0 a line matched, 1 none, 2 error.",
+    )
+    grep.add_argument("pattern", help="RE2 regular expression (Python syntax, no lookarounds).")
+    grep.add_argument("ids", nargs="*", metavar="ID", help="Jobs (ids or prefixes); none: all.")
+    grep.add_argument("--label", help="Only jobs with this label.")
+    grep.add_argument("--since", help="Created since: an age (30m, 2h, 7d) or an ISO 8601 time.")
+    grep.add_argument("-C", "--context", type=int, metavar="N", help="Lines around each match.")
+    grep.add_argument("-i", "--ignore-case", action="store_true", help="Match case-insensitively.")
+    grep.add_argument("--json", action="store_true", help="One JSON object per match.")
 
 
 def _add_job_commands(command: Command) -> None:
@@ -358,9 +372,11 @@ def _main(argv: Sequence[str] | None) -> None:
     if serving:
         _serve(settings, getattr(args, "http", None))
         return
+    # grep(1)'s exit statuses: 1 says "nothing matched", so every error is 2.
+    failed = 2 if args.cmd == "grep" else 1
     existing = args.cmd in _ON_EXISTING or getattr(args, "db_cmd", None) in _ON_EXISTING
     if existing and isinstance(settings.db, Path):  # PostgreSQL: checked when opened
-        _check_exists(settings.db)
+        _check_exists(settings.db, failed)
     from . import commands
 
     try:
@@ -368,7 +384,7 @@ def _main(argv: Sequence[str] | None) -> None:
     except (InvalidRequest, JobNotFound) as exc:
         _fail(str(exc), 2)
     except BackgroundJobError as exc:
-        _fail(str(exc), 1)
+        _fail(str(exc), failed)
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)
@@ -376,12 +392,12 @@ def _main(argv: Sequence[str] | None) -> None:
 
 #: Commands (and ``db`` actions) that need a database already there.
 _ON_EXISTING = frozenset(
-    {"list", "history", "show", "logs", "stats", "audit", "kill", "downgrade", "current", "prune",
-     "vacuum"}
+    {"list", "history", "show", "logs", "grep", "stats", "audit", "kill", "downgrade", "current",
+     "prune", "vacuum"}
 )  # fmt: skip
 
 
-def _check_exists(path: Path) -> None:
+def _check_exists(path: Path, failed: int = 1) -> None:
     """Refuse a path with no database, or with something that cannot be one, before the
     commands (about a second of imports) are loaded. The commands check again when opening."""
     from . import db
@@ -391,7 +407,7 @@ def _check_exists(path: Path) -> None:
         if not db.inspect_file(path):
             raise db.no_database(path)
     except StorageError as exc:
-        _fail(str(exc), 1)
+        _fail(str(exc), failed)
 
 
 def _serve(settings: Settings, http: str | None = None) -> None:

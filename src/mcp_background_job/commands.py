@@ -58,6 +58,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "history": list_jobs,
         "show": show,
         "logs": logs,
+        "grep": grep,
         "run": run,
         "start": start,
         "kill": kill,
@@ -160,6 +161,13 @@ async def logs(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await store.close()
     return 0
+
+
+async def grep(args: argparse.Namespace, settings: Settings) -> int:
+    """``grep``: see ``historygrep`` (imported here: the masking stack only for this command)."""
+    from . import historygrep
+
+    return await historygrep.grep(args, settings)
 
 
 async def stats(args: argparse.Namespace, settings: Settings) -> int:

@@ -26,7 +26,7 @@ from ..jobs import (
     Stream,
 )
 from ..tokens import ApiToken
-from . import counts, lifecycle, listing, output, tokens, upkeep
+from . import counts, lifecycle, listing, output, search, tokens, upkeep
 from .connections import Connections
 from .records import (
     Change,
@@ -391,6 +391,18 @@ class Store:
                 enough=enough,
                 max_bytes=max_bytes,
             )
+        )
+
+    async def other_stream_offset(self, job_id: str, stream: Stream, offset: int) -> int:
+        """See ``search.other_stream_offset`` (a cursor for both streams at a line)."""
+        return await self._query(
+            partial(search.other_stream_offset, job_id=job_id, stream=stream, offset=offset)
+        )
+
+    async def newlines_before(self, job_id: str, stream: Stream, offset: int) -> int:
+        """See ``search.newlines_before`` (line numbers of a grep that starts mid-output)."""
+        return await self._query(
+            partial(search.newlines_before, job_id=job_id, stream=stream, offset=offset)
         )
 
     async def rewrite_chunks(

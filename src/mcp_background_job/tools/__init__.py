@@ -13,13 +13,15 @@ from typing import Any
 from fastmcp import FastMCP
 
 from .control import interact, kill
+from .find import grep, search
 from .read import audit, job_output_resource, job_resource, list_jobs, output, status, tail
 from .start import execute, rerun
 from .wait import wait, wait_many
 
 #: In the order tools/list shows them (clients list them in this order).
 TOOLS: tuple[Callable[..., Any], ...] = (
-    execute, rerun, list_jobs, status, output, tail, interact, kill, wait, wait_many, audit,
+    execute, rerun, list_jobs, status, output, tail, grep, search, interact, kill, wait, wait_many,
+    audit,
 )  # fmt: skip
 RESOURCE_TEMPLATES: tuple[Callable[..., Any], ...] = (job_resource, job_output_resource)
 

@@ -13,7 +13,9 @@ from ..app import MAX_WAIT_JOBS, App
 from ..models import WaitManyResult, WaitResult
 from .common import (
     LABEL_MAX,
+    PATTERN_MAX,
     READ_ONLY,
+    SHORT_MAX,
     JobId,
     JobIdItem,
     WaitTimeout,
@@ -27,13 +29,20 @@ from .common import (
 async def wait(
     job_id: JobId,
     timeout_s: WaitTimeout = 30.0,
+    until: Annotated[
+        str | None,
+        Field(max_length=PATTERN_MAX, description="RE2 regex: return once a new line matches."),
+    ] = None,
+    cursor: Annotated[
+        str | None, Field(max_length=SHORT_MAX, description="With until: search from here.")
+    ] = None,
     ctx: Context = CurrentContext(),
     app: App = Depends(get_app),
 ) -> WaitResult:
     """Return when the job has ended or TIMEOUT_S passed (finished=false: call again).
     Sends progress notifications while waiting."""
 
-    return await tool_call(app.wait(job_id, timeout_s, progress_of(ctx)))
+    return await tool_call(app.wait(job_id, timeout_s, progress_of(ctx), until, cursor))
 
 
 @tool(title="Wait for several jobs", annotations=READ_ONLY)
