@@ -28,8 +28,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command as alembic
-
 from . import db, history, proctree
 from .config import parse_since
 from .db import utcnow
@@ -380,6 +378,8 @@ def schema(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _schema(args: argparse.Namespace, path: Path) -> int:
+    from alembic import command as alembic  # only for `db` actions: ~0.3 s to import
+
     changing = args.db_cmd in ("upgrade", "downgrade")
     exists = db.check_for_writing(path) if changing else db.inspect_file(path)
     if args.db_cmd == "history" and not exists:
