@@ -7,14 +7,12 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import secrets
 import sqlite3
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
