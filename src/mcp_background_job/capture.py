@@ -206,6 +206,14 @@ class Ingester:
         self._puncher = _HolePuncher()
         self._rotate = 0
         self._stored_at = 0.0
+        #: (``_stored_at``, WAL size) at the last checkpoint: see ``_checkpoint_owed``.
+        self._checkpointed = (-1.0, 0)
+        #: Set when there is work (a capture registered); the loops wait on it when idle, so a
+        #: server with no jobs does not wake 40 times a second. Set through ``_loop`` from any
+        #: thread (spawns may run in a worker thread).
+        self._work = asyncio.Event()  # the ingest loop's
+        self._bound_work = asyncio.Event()  # the disk bound's
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Ended jobs' spool files, deleted but kept open while a process the job left may still
         #: write into them: what it writes is freed as it comes (see ``release``).
         self._drained: dict[str, Capture] = {}
@@ -249,7 +257,18 @@ class Ingester:
                     st.path.unlink()
             raise
         self._captures[job_id] = Capture(job_id, states)
+        self._wake()
         return writers
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._work.set)
+            loop.call_soon_threadsafe(self._bound_work.set)
+
+    def _idle(self) -> bool:
+        """Nothing to ingest or free: no live captures, no drained spools."""
+        return not self._captures and not self._drained and not self._retired
 
     def discard(self, job_id: str) -> None:
         """Forget a job that never started: close and delete its spool files."""
@@ -325,6 +344,9 @@ class Ingester:
         """Ingest forever: immediately again while there is a backlog, else every interval;
         checkpoint the WAL when output has gone quiet (or when it grows past a hard cap)."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._work.set()  # one look at what was registered before the loop ran
+        self._bound_work.set()
         # Apart from the passes: a pass can wait minutes on a locked database.
         bound = loop.create_task(self._keep_bounded(), name="spool-bound")
         try:
@@ -341,14 +363,35 @@ class Ingester:
                 more = await self._pass(None)
                 wal = self._store.wal_bytes()
                 quiet = loop.time() - self._stored_at > _CHECKPOINT_QUIET_S
-                if (quiet and wal > _CHECKPOINT_MIN) or wal > _CHECKPOINT_ALWAYS:
+                if (quiet and self._checkpoint_owed(wal)) or wal > _CHECKPOINT_ALWAYS:
                     await self._store.checkpoint()
+                    self._checkpointed = (self._stored_at, wal)
                 failures.succeeded()
             except Exception as exc:  # noqa: BLE001 (task boundary, logged: back off, keep capturing)
                 failures.failed(exc)
                 more = False
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(0 if more else self._settings.ingest_interval_s)
+            if more:
+                await asyncio.sleep(0)
+            elif self._idle():
+                # No job to capture: sleep until one starts. A WAL left big by the last output
+                # is checkpointed once it has been quiet, then nothing runs until new work.
+                self._work.clear()
+                if not self._idle():
+                    continue
+                owed = self._checkpoint_owed(self._store.wal_bytes())
+                wait = _CHECKPOINT_QUIET_S if owed else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), wait)
+            else:
+                await asyncio.sleep(self._settings.ingest_interval_s)
+
+    def _checkpoint_owed(self, wal: int) -> bool:
+        """A big WAL written to since the last checkpoint. (A PASSIVE checkpoint leaves the file
+        its size: without this, a server checkpointed a WAL it had already copied on every pass,
+        20 times a second, for ever after the first big job.)"""
+        stored_at, size = self._checkpointed
+        return wal > _CHECKPOINT_MIN and (self._stored_at > stored_at or wal > size)
 
     async def flush(self, job_id: str) -> None:
         """Store what the job has written so far (one bounded pass), so a read sees it."""
@@ -435,6 +478,7 @@ class Ingester:
             st.tail.extend((o, n) for o, n in layout if o >= self._head)
             states[stream] = st
         self._captures[job.id] = Capture(job.id, states, seq + 1)
+        self._wake()
 
     def _sizes(self, job_id: str) -> dict[Stream, int]:
         cap = self._captures.get(job_id)
@@ -503,6 +547,10 @@ class Ingester:
         pause = self._settings.ingest_interval_s
         while True:
             await asyncio.sleep(pause)
+            while self._idle():  # nothing can need freeing until a job starts
+                self._bound_work.clear()
+                if self._idle():
+                    await self._bound_work.wait()
             try:
                 work = self._droppable()
                 if work:

@@ -190,6 +190,11 @@ class _Subscriptions:
         self.sessions.get(str(params.uri), set()).discard(ctx.session)
         return mcp_types.EmptyResult()
 
+    def wanted(self) -> bool:
+        """Someone listens: a listen stream (the bus has no public count; its listeners dict is
+        read as FastMCP's own code does) or a resources/subscribe session."""
+        return bool(getattr(self.bus, "_listeners", True)) or any(self.sessions.values())
+
     async def changed(self, change: StatusChange) -> None:
         if change.created:
             await self.bus.publish(ResourcesListChanged())
@@ -223,6 +228,11 @@ class _Subscriptions:
         cursor: int | None = None
         while True:
             more = False
+            if cursor is not None and not self.wanted():
+                # Nobody listens: no query (an idle server would read the database twice a
+                # second for nobody). The cursor stays: a new listener hears what it missed.
+                await asyncio.sleep(WATCH_INTERVAL_S)
+                continue
             try:
                 changes, cursor = await app.changes(cursor)
                 for change in changes:

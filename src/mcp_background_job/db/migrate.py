@@ -7,16 +7,13 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import secrets
 import sqlite3
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
@@ -25,6 +22,15 @@ from . import pgengine
 from .engine import make_sync_engine
 from .files import DB_HINT, check_owned, make_private_dirs, side_file, storage_error
 from .target import DbTarget, describe
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (~0.3 s to import) is imported only to migrate: knowing the revisions and reading a
+# database's revision (every command line command, every start) reads the scripts' own lines.
+_REVISION = re.compile(r"^revision(?:: str)? = ['\"]([^'\"]+)['\"]", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision(?:: [^=]+)? = (.+)$", re.MULTILINE)  # None, 'a', ('a', 'b')
+_QUOTED = re.compile(r"['\"]([^'\"]+)['\"]")
 
 
 def create_database(path: Path, revision: str = "head") -> bool:
@@ -85,6 +91,8 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -94,9 +102,22 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 @functools.cache
 def _revisions(scripts: str) -> tuple[frozenset[str], str | None]:
-    """The revisions the scripts in ``scripts`` know, and their head (read once per process)."""
-    script = ScriptDirectory(scripts)
-    return frozenset(rev.revision for rev in script.walk_revisions()), script.get_current_head()
+    """The revisions the scripts in ``scripts`` know, and their head (read once per process),
+    from the ``revision =`` and ``down_revision =`` lines of ``versions/*.py`` (a test checks
+    this against Alembic's ``ScriptDirectory``). One head: the revision nobody revises."""
+    known: set[str] = set()
+    revised: set[str] = set()
+    for script in (Path(scripts) / "versions").glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(text), _DOWN.search(text)
+        if rev is None or down is None:
+            continue  # not a migration script
+        known.add(rev[1])
+        revised.update(_QUOTED.findall(down[1]))
+    heads = known - revised
+    if len(heads) > 1:
+        raise StorageError(f"the migrations in {scripts} have several heads: {sorted(heads)}")
+    return frozenset(known), next(iter(heads), None)
 
 
 def head_revision() -> str | None:
@@ -118,6 +139,8 @@ def refuse_unknown(current: str | None) -> str | None:
 
 def check_revision(connection: Connection, cfg: Config) -> str | None:
     """The database's revision; refuse one this version of the package does not know."""
+    from alembic.runtime.migration import MigrationContext
+
     return refuse_unknown(MigrationContext.configure(connection).get_current_revision())
 
 
@@ -161,6 +184,8 @@ def migrate_to(connection: Connection, revision: str = "head", *, downgrade: boo
     if connection.dialect.name == "postgresql":
         _migrate_pg(connection, revision, downgrade=downgrade)
         return
+    from alembic import command
+
     raw = connection.connection.dbapi_connection
     assert raw is not None
     _pragmas(raw, "foreign_keys=OFF", "legacy_alter_table=ON")
@@ -187,6 +212,8 @@ def migrate_to(connection: Connection, revision: str = "head", *, downgrade: boo
 def _migrate_pg(connection: Connection, revision: str, *, downgrade: bool) -> None:
     """PostgreSQL: DDL is transactional and foreign keys need no switching off; an advisory
     lock makes servers starting at once migrate one after the other."""
+    from alembic import command
+
     try:
         cfg = alembic_config(connection)
         with connection.begin():

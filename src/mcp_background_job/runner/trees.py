@@ -145,7 +145,7 @@ class Trees:
     async def reap(self) -> None:
         """Collect the exit status of adopted orphans that died (subreaper only)."""
         if self.subreaper:
-            procs = await asyncio.to_thread(proctree.snapshot)
+            procs = await asyncio.to_thread(proctree.own_children)
             keep = {e.pid for e in self.table.running.values()}
             if self.watchdog.pid is not None:
                 keep.add(self.watchdog.pid)

@@ -34,6 +34,8 @@ _RECONCILE_EVERY_S = 5.0
 _STRAYS_EVERY_S = 60.0
 #: How often ended jobs whose processes were still alive at the last look are looked at again.
 _LINGER_EVERY_S = 5.0
+#: How often a server with no job collects adopted orphans (every second while it has jobs).
+_IDLE_REAP_EVERY_S = 30.0
 
 
 class Upkeep:
@@ -85,7 +87,8 @@ class Upkeep:
         failed = claimed = 0
         # Taken over earlier, but their end could not be written then: this server owns them
         # now (no other server will look at them while it lives), so it tries again.
-        for job in (await self.store.get_jobs(list(self._unsettled))).values():
+        unsettled = await self.store.get_jobs(list(self._unsettled)) if self._unsettled else {}
+        for job in unsettled.values():
             if job.status.is_terminal:  # (as read again: its counters moved on meanwhile)
                 self._unsettled.discard(job.id)
             elif await self._settle(job) is JobStatus.FAILED:
@@ -267,8 +270,15 @@ class Upkeep:
         loop = asyncio.get_running_loop()
         looked_at: set[str] = set()
         next_look = 0.0
+        next_idle_reap = 0.0
         while True:
             await asyncio.sleep(1.0)
+            if not self.table.running and not self.watchdog.jobs():
+                # No job and nothing left of one: only an orphan that died after its job was let
+                # go can be waiting to be collected; look now and then, not every second.
+                if loop.time() < next_idle_reap:
+                    continue
+                next_idle_reap = loop.time() + _IDLE_REAP_EVERY_S
             try:
                 await self.trees.reap()
                 ended = {
