@@ -82,7 +82,7 @@ async def pg_history(pg_server: PgServer) -> AsyncIterator[PgHistory]:
         for command, labels in (
             ("echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c", ["ci"]),
             ("echo failing; exit 3", ["ci"]),
-            ("sleep 0.6", ["nightly"]),
+            ("sleep 2", ["nightly"]),  # slowest by far, even on a loaded machine
         ):
             view = await app.execute(command, labels=labels)
             assert await app.runner.wait_end(view.id, 30)
@@ -108,7 +108,7 @@ def test_the_psql_recipes(pg_server: PgServer, pg_history: PgHistory) -> None:
     assert [row.split("|")[:3] for row in failures] == [[h.failed, "failed", "3"]]
     assert got["a job's full output as text"] == "a\nb\nc"  # (psql -A -t strips the newline)
     slowest = got["the slowest commands"].splitlines()
-    assert slowest[0].split("|")[0] == h.slow and float(slowest[0].split("|")[1]) >= 0.6
+    assert slowest[0].split("|")[0] == h.slow and float(slowest[0].split("|")[1]) >= 2
     labels = [row.split("|")[:3] for row in got["jobs by label"].splitlines()]
     assert labels == [["ci", "2", "1"], ["nightly", "1", "0"]]
     assert got["the policy in force at each start"]

@@ -36,8 +36,8 @@ async def test_domain_errors_become_tool_errors_with_their_message(app: App) -> 
 def test_every_tool_and_template_is_registered_once() -> None:
     names = [cast(Any, fn).__fastmcp__.name or fn.__name__ for fn in TOOLS]
     assert names == [
-        "execute", "rerun", "list", "status", "output", "tail", "interact", "kill", "wait",
-        "wait_many", "audit",
+        "execute", "rerun", "list", "status", "output", "tail", "grep", "search", "interact",
+        "kill", "wait", "wait_many", "audit",
     ]  # fmt: skip
     assert [cast(Any, fn).__fastmcp__.uri for fn in RESOURCE_TEMPLATES] == [
         "job://{job_id}",

@@ -12,9 +12,6 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .config import parse_age
-from .db import utcnow
-from .store import Store
 from .tokens import ApiToken, check_name, check_scope, digest, expiry, new_secret
 
 if TYPE_CHECKING:
@@ -48,6 +45,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here: ``add_token_commands`` is part of every command line's parser (``--help``
+    # and ``--version`` import neither pydantic nor the database layer).
+    from .config import parse_age
+    from .db import utcnow
+    from .store import Store
+
     store = Store(settings.db)
     await store.open()
     try:

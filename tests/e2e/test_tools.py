@@ -251,8 +251,8 @@ async def test_round_trip_in_both_protocol_eras(
         assert s.client.protocol_version == version
         tools = {t.name for t in await s.client.list_tools()}
         assert tools == {
-            "execute", "list", "status", "output", "tail", "interact", "kill", "wait", "wait_many",
-            "audit", "rerun",
+            "execute", "list", "status", "output", "tail", "grep", "search", "interact", "kill",
+            "wait", "wait_many", "audit", "rerun",
         }  # fmt: skip
         job = await s.execute("printf 'era %s\\n' ok")
         done = await s.wait_done(job["id"])
