@@ -746,6 +746,134 @@ async def _sequential_executes(tmp: Path, sz: Sizes) -> Row:
                "seed mcp-background-job 0.1.2 not measured: needs Python ≥ 3.12")  # fmt: skip
 
 
+# --- MCP over HTTP (issue 17) -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def http_server(db: Path, **settings: Any) -> AsyncIterator[tuple[str, str]]:
+    """``serve --http`` on a free loopback port with a ``run`` token: yields (MCP URL, token)."""
+    import httpx2
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    env.update({f"MCP_BACKGROUND_JOB_{k.upper()}": str(v) for k, v in settings.items()})
+    env.setdefault("MCP_BACKGROUND_JOB_LOG_LEVEL", "WARNING")
+    made = subprocess.run([*SERVER, "--db", str(db), "token", "create", "bench", "--scope", "run"],
+                          capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    token = made.stdout.strip()
+    port = _free_port()
+    proc = subprocess.Popen([*SERVER, "--db", str(db), "serve", "--http", f"127.0.0.1:{port}"],
+                            env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "serve --http exited"
+            try:
+                async with httpx2.AsyncClient() as c:
+                    if (await c.get(f"{url}/login", timeout=2)).status_code == 200:
+                        break
+            except httpx2.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve --http did not listen within 120 s"
+            await asyncio.sleep(0.1)
+        yield f"{url}/mcp", token
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _load(
+    clients: list[Client[Any]], pollers: list[Client[Any]], per_client: int
+) -> tuple[float, list[float], list[float], int]:
+    """Each of ``clients`` runs ``per_client`` × (``execute true`` + ``wait``) one after the
+    other while each of ``pollers`` calls ``status`` in a loop. Returns the wall time, the
+    execute+wait latencies, the status latencies and the number of errors."""
+    job_lat: list[float] = []
+    status_lat: list[float] = []
+    errors = 0
+    done = asyncio.Event()
+    first = await call(clients[0], "execute", command="true")
+
+    async def worker(c: Client[Any]) -> None:
+        nonlocal errors
+        for _ in range(per_client):
+            t = time.perf_counter()
+            try:
+                job = await call(c, "execute", command="true")
+                ended = await wait_done(c, job["id"])
+                if ended["status"] != "completed":
+                    errors += 1
+            except Exception:  # noqa: BLE001 (counted: the row says how many calls failed)
+                errors += 1
+            job_lat.append(time.perf_counter() - t)
+
+    async def poller(c: Client[Any]) -> None:
+        nonlocal errors
+        while not done.is_set():
+            t = time.perf_counter()
+            try:
+                await call(c, "status", job_id=first["id"])
+            except Exception:  # noqa: BLE001 (counted, as above)
+                errors += 1
+            status_lat.append(time.perf_counter() - t)
+
+    polling = [asyncio.create_task(poller(c)) for c in pollers]
+    t = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    took = time.perf_counter() - t
+    done.set()
+    await asyncio.gather(*polling)
+    return took, job_lat, status_lat, errors
+
+
+async def bench_http(tmp: Path, sz: Sizes) -> list[Row]:
+    """8 clients × N (``execute true`` + ``wait``) with 4 clients polling ``status``, over
+    streamable HTTP on loopback (8 + 4 real MCP clients, bearer token), beside the same load
+    over stdio (one client, the same 12 concurrent callers: stdio is one connection)."""
+    from fastmcp.client.transports import StreamableHttpTransport
+
+    per = 100 if sz is FULL else 10
+    settings = {"max_concurrent": 16, "rate_limit_burst": 100_000, "rate_limit_per_s": 10_000}
+    async with server(tmp / "stdio-load.db", **settings) as c:
+        s_took, s_jobs, s_status, s_err = await _load([c] * 8, [c] * 4, per)
+    async with http_server(tmp / "http-load.db", **settings) as (url, token):
+        async with contextlib.AsyncExitStack() as stack:
+            opened = [
+                await stack.enter_async_context(
+                    Client(StreamableHttpTransport(url, auth=token), timeout=600)
+                )
+                for _ in range(12)
+            ]
+            h_took, h_jobs, h_status, h_err = await _load(opened[:8], opened[8:], per)
+    n = 8 * per
+
+    def lat(v: list[float]) -> str:
+        return f"p50 {statistics.median(v) * 1000:.1f} / p99 {percentile(v, 99) * 1000:.1f} ms"
+
+    return [
+        Row(f"HTTP: 8 clients × {per} execute+wait, 4 polling status", f"{n / s_took:.0f} jobs/s "
+            f"(stdio, {s_took:.1f} s)", f"{n / h_took:.0f} jobs/s ({h_took:.1f} s)",
+            s_took / h_took, "no error", h_err == 0,
+            f"{h_err} errors over HTTP, {s_err} over stdio"),
+        Row("HTTP: execute+wait latency", lat(s_jobs) + " (stdio)", lat(h_jobs), None, "-", None),
+        Row("HTTP: status latency, under that load", lat(s_status) + " (stdio)", lat(h_status),
+            statistics.median(h_status) / statistics.median(s_status), "-", None,
+            f"{len(h_status)} calls"),
+    ]  # fmt: skip
+
+
 BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "big": bench_big_job,
     "huge": bench_huge_and_tail,
@@ -758,6 +886,7 @@ BENCHES: dict[str, Callable[[Path, Sizes], Any]] = {
     "postgresql": bench_postgresql,
     "find": bench_find,
     "cheap": bench_cheap,
+    "http": bench_http,
 }
 
 

@@ -332,6 +332,24 @@ class Settings(BaseSettings):
     rate_limit_per_s: Annotated[
         float, Field(gt=0, le=100_000, description="Sustained job creations per second.")
     ] = 5.0
+    http_auth_failures: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="serve --http: failed sign-ins an address may make "
+            "at once before it gets 429 (a token bucket; see http_auth_refill_s).",
+        ),
+    ] = 10
+    http_auth_refill_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            description="serve --http: seconds for one more failed sign-in "
+            "to be allowed (guessing is slowed to one try per this many seconds).",
+        ),
+    ] = 2.0
 
     # --- output redaction (see redact.py) ---------------------------------------------------
     redact_output: Annotated[

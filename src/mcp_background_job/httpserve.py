@@ -40,7 +40,8 @@ from .tokens import ApiToken, digest
 
 log = logging.getLogger(__name__)
 
-#: Failed attempts an address may make at once, then one more every FAILURE_REFILL_S.
+#: Failed attempts an address may make at once, then one more every FAILURE_REFILL_S (the
+#: defaults of the settings http_auth_failures and http_auth_refill_s).
 FAILURE_BURST = 10
 FAILURE_REFILL_S = 2.0
 #: Addresses remembered by the limiter (oldest forgotten first): bounded memory under a flood.
@@ -91,7 +92,17 @@ class Auth:
 
     def __init__(self, apps: dict[str, App]) -> None:
         self.apps = apps
-        self.limiter = FailureLimiter()
+        self._limiter: FailureLimiter | None = None
+
+    @property
+    def limiter(self) -> FailureLimiter:
+        """Made on first use: its bounds are settings, known once the server's app is open."""
+        if self._limiter is None:
+            settings = self.app().settings
+            self._limiter = FailureLimiter(
+                burst=settings.http_auth_failures, refill_s=settings.http_auth_refill_s
+            )
+        return self._limiter
 
     def app(self) -> App:
         app = self.apps.get("app")
@@ -227,9 +238,12 @@ class ScopeGuard(Middleware):
         access = get_access_token()
         if access is not None and "run" not in access.scopes:
             name = context.message.name
-            tool = None
+            tool, readable = None, []
             if context.fastmcp_context is not None:
-                tool = await context.fastmcp_context.fastmcp.get_tool(name)
+                server = context.fastmcp_context.fastmcp
+                tool = await server.get_tool(name)
+                readable = [t.name for t in await server.list_tools(run_middleware=False)
+                            if t.annotations is not None and t.annotations.read_only_hint]  # fmt: skip
             hints = tool.annotations if tool is not None else None
             if not (hints is not None and hints.read_only_hint):
                 app = self.auth.app()
@@ -240,7 +254,7 @@ class ScopeGuard(Middleware):
                 raise ToolError(
                     f"Token {access.client_id!r} has the read scope: {name!r} changes things "
                     "and needs a run token (mcp-background-job token create NAME --scope run). "
-                    "Read-only tools (list, status, output, tail, wait, audit) work with it."
+                    f"Read-only tools ({', '.join(readable)}) work with it."
                 )
         return await call_next(context)
 
