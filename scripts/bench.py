@@ -797,7 +797,7 @@ async def http_server(db: Path, **settings: Any) -> AsyncIterator[tuple[str, str
 async def _load(
     clients: list[Client[Any]], pollers: list[Client[Any]], per_client: int
 ) -> tuple[float, list[float], list[float], int]:
-    """Each of ``clients`` runs ``per_client`` × (``execute true`` + ``wait``) one after the
+    """Each of ``clients`` runs ``per_client`` x (``execute true`` + ``wait``) one after the
     other while each of ``pollers`` calls ``status`` in a loop. Returns the wall time, the
     execute+wait latencies, the status latencies and the number of errors."""
     job_lat: list[float] = []
@@ -815,7 +815,7 @@ async def _load(
                 ended = await wait_done(c, job["id"])
                 if ended["status"] != "completed":
                     errors += 1
-            except Exception:  # noqa: BLE001 (counted: the row says how many calls failed)
+            except Exception:  # counted: the row says how many calls failed
                 errors += 1
             job_lat.append(time.perf_counter() - t)
 
@@ -825,7 +825,7 @@ async def _load(
             t = time.perf_counter()
             try:
                 await call(c, "status", job_id=first["id"])
-            except Exception:  # noqa: BLE001 (counted, as above)
+            except Exception:  # counted, as above
                 errors += 1
             status_lat.append(time.perf_counter() - t)
 

@@ -74,9 +74,9 @@ async def test_a_read_token_reads_but_may_not_execute_kill_or_interact(db: Path)
                 ("interact", {"job_id": job, "input": "x\n"}),
                 ("rerun", {"job_id": job}),
             ):
-                with pytest.raises(ToolError, match=r"read scope.*needs a run token") as refused:
+                with pytest.raises(ToolError, match=r"read scope.*needs a run token") as why:
                     await call(c, tool, **args)
-                assert "grep, search" in str(refused.value)  # the read-only tools, as annotated
+                assert "grep, search" in str(why.value)  # the read-only tools, as annotated
         assert not (db.parent / "refused").exists()
         async with srv.client(run) as rc:
             assert (await call(rc, "status", job_id=job))["status"] == "running"
