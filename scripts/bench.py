@@ -839,7 +839,7 @@ async def _load(
 
 
 async def bench_http(tmp: Path, sz: Sizes) -> list[Row]:
-    """8 clients × N (``execute true`` + ``wait``) with 4 clients polling ``status``, over
+    """8 clients x N (``execute true`` + ``wait``) with 4 clients polling ``status``, over
     streamable HTTP on loopback (8 + 4 real MCP clients, bearer token), beside the same load
     over stdio (one client, the same 12 concurrent callers: stdio is one connection)."""
     from fastmcp.client.transports import StreamableHttpTransport
@@ -848,15 +848,15 @@ async def bench_http(tmp: Path, sz: Sizes) -> list[Row]:
     settings = {"max_concurrent": 16, "rate_limit_burst": 100_000, "rate_limit_per_s": 10_000}
     async with server(tmp / "stdio-load.db", **settings) as c:
         s_took, s_jobs, s_status, s_err = await _load([c] * 8, [c] * 4, per)
-    async with http_server(tmp / "http-load.db", **settings) as (url, token):
-        async with contextlib.AsyncExitStack() as stack:
-            opened = [
-                await stack.enter_async_context(
-                    Client(StreamableHttpTransport(url, auth=token), timeout=600)
-                )
-                for _ in range(12)
-            ]
-            h_took, h_jobs, h_status, h_err = await _load(opened[:8], opened[8:], per)
+    async with contextlib.AsyncExitStack() as stack:
+        url, token = await stack.enter_async_context(http_server(tmp / "http-load.db", **settings))
+        opened = [
+            await stack.enter_async_context(
+                Client(StreamableHttpTransport(url, auth=token), timeout=600)
+            )
+            for _ in range(12)
+        ]
+        h_took, h_jobs, h_status, h_err = await _load(opened[:8], opened[8:], per)
     n = 8 * per
 
     def lat(v: list[float]) -> str:
