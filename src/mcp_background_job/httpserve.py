@@ -242,8 +242,8 @@ class ScopeGuard(Middleware):
             if context.fastmcp_context is not None:
                 server = context.fastmcp_context.fastmcp
                 tool = await server.get_tool(name)
-                readable = [t.name for t in await server.list_tools(run_middleware=False)
-                            if t.annotations is not None and t.annotations.read_only_hint]  # fmt: skip
+                tools = await server.list_tools(run_middleware=False)
+                readable = [t.name for t in tools if t.annotations and t.annotations.read_only_hint]
             hints = tool.annotations if tool is not None else None
             if not (hints is not None and hints.read_only_hint):
                 app = self.auth.app()
