@@ -75,3 +75,33 @@ async def app(settings: Settings) -> AsyncIterator[App]:
     a = await App.open(settings)
     yield a
     await a.close()
+
+
+#: Files that take the longest (minutes of real servers, a wheel build, a browser, PostgreSQL),
+#: handed out first: with one file per worker (``--dist loadfile``), one of them started last
+#: would keep the whole run waiting on it alone after the other workers are done.
+SLOW_FIRST = (
+    "tests/e2e/test_faults.py",
+    "tests/test_packaging.py",
+    "tests/test_cli.py",
+    "tests/test_policy_corpus.py",
+    "tests/e2e/test_idle.py",
+    "tests/e2e/test_web.py",
+    "tests/test_postgresql.py",
+    "tests/e2e/test_postgresql.py",
+    "tests/e2e/test_detach.py",
+    "tests/test_readme.py",
+    "tests/e2e/test_http.py",
+    "tests/test_hosts.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(SLOW_FIRST)}
+    root = Path(str(config.rootpath))
+
+    def order(item: pytest.Item) -> int:
+        path = Path(str(item.path)).relative_to(root).as_posix()
+        return rank.get(path, len(SLOW_FIRST))
+
+    items.sort(key=order)  # stable: each file keeps its tests in order
