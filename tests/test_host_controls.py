@@ -4,7 +4,10 @@ on one machine and one database, on each engine (``db_target``)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -14,12 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from mcp_background_job import db
+from mcp_background_job import commands, db, history, proctree
 from mcp_background_job.app import App
 from mcp_background_job.config import Settings
 from mcp_background_job.db import JobControlRow, ServerRow
-from mcp_background_job.errors import InvalidRequest, NoAnswer
-from mcp_background_job.jobs import JobOptions, JobStatus, ServerInstance
+from mcp_background_job.errors import InvalidRequest, JobStateError, NoAnswer, StorageError
+from mcp_background_job.jobs import JobOptions, JobStatus, ServerInstance, Stream
 from mcp_background_job.store import Store
 
 from .conftest import wait_for
@@ -188,3 +191,41 @@ async def _running_on_beta(store: Store, detached: bool) -> str:
                            options=JobOptions(detached=detached))  # fmt: skip
     await store.transition(job_id, JobStatus.RUNNING, server_id="beta1", pid=1)
     return job_id
+
+
+async def test_the_cli_counts_this_hosts_servers_by_the_host_setting(tmp_path: Path) -> None:
+    # A server whose host setting is not the hostname is still a server of this machine.
+    settings = Settings(db=tmp_path / "jobs.db", host="alpha", subreaper=False)
+    app = await App.open(settings)
+    try:
+        with pytest.raises(StorageError, match="A server is using"):
+            await commands.vacuum(argparse.Namespace(), settings)
+    finally:
+        await app.close()
+
+
+async def test_follow_judges_the_owner_by_pid_on_the_host_setting(tmp_path: Path) -> None:
+    store = Store(tmp_path / "jobs.db")
+    await store.open()
+    try:
+        gone = ServerInstance(id="alpha1", pid=_dead_pid(), pid_start=None,
+                              boot_id=proctree.boot_id(), hostname="alpha",
+                              started_at=datetime.now(UTC), stopped_at=None)  # fmt: skip
+        await store.register_server(gone, "test")
+        await store.create_job(job_id="feedface0001", command="sleep 300", cwd="/",
+                               shell="/bin/sh", env={}, labels=(), timeout_s=None,
+                               owner_id="alpha1", host="alpha")  # fmt: skip
+        await store.transition("feedface0001", JobStatus.RUNNING, server_id="alpha1", pid=1)
+        sink = history.FileSink({Stream.STDOUT: io.BytesIO()}, io.StringIO())
+        follow = history.follow(store, "feedface0001", [Stream.STDOUT], {Stream.STDOUT: 0},
+                                sink, poll_s=0.05, host="alpha")  # fmt: skip
+        with pytest.raises(JobStateError, match="server that ran it has exited"):
+            await asyncio.wait_for(follow, 20)
+    finally:
+        await store.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
