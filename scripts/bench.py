@@ -485,6 +485,26 @@ async def pg_many(db: Path | str, n: int, **settings: Any) -> tuple[float, int]:
         return time.perf_counter() - t, n - waited["counts"].get("completed", 0)
 
 
+async def kill_latency(db: Path | str, tmp: Path, n: int) -> tuple[list[float], list[float]]:
+    """Seconds per ``kill`` call, from the call to its answer (the end is recorded before it
+    answers): a job of the same server, then one that another host's server runs (two servers,
+    ``host`` alpha and beta, on one database; beta's kill goes through the database)."""
+    local: list[float] = []
+    remote: list[float] = []
+    async with (
+        server(db, host="alpha", spool_dir=tmp / "kill-alpha") as alpha,
+        server(db, host="beta", spool_dir=tmp / "kill-beta") as beta,
+    ):
+        for times, killer in ((local, alpha), (remote, beta)):
+            for _ in range(n):
+                job = await call(alpha, "execute", command="sleep 300")
+                t = time.perf_counter()
+                done = await call(killer, "kill", job_id=job["id"], grace_s=2)
+                times.append(time.perf_counter() - t)
+                assert done["status"] == "killed", done
+    return local, remote
+
+
 async def bench_postgresql(tmp: Path, sz: Sizes) -> list[Row]:
     """The same work on SQLite and on PostgreSQL (a local server started here with its default
     durability, on a Unix socket), side by side in one run. Target: PostgreSQL within 1.5x."""
@@ -502,6 +522,16 @@ async def bench_postgresql(tmp: Path, sz: Sizes) -> list[Row]:
             Row(f"{n} short jobs at once: PostgreSQL", f"{lite_s:.2f} s (SQLite)", f"{pg_s:.2f} s",
                 pg_s / lite_s, "≤ 1.5× SQLite", pg_s / lite_s <= 1.5 and pg_failed == 0,
                 f"{lite_failed + pg_failed} not completed")
+        )  # fmt: skip
+        kills = 5 if sz is QUICK else 40
+        _, lite_kill = await kill_latency(tmp / "pg-kill.db", tmp, kills)
+        local, cross = await kill_latency(pg.new_database("bench"), tmp, kills)
+        k50, k99 = statistics.median(cross) * 1000, percentile(cross, 99) * 1000
+        rows.append(
+            Row("cross-host kill, call to end recorded: PostgreSQL",
+                f"p50 {statistics.median(local) * 1000:.0f} ms (same host)",
+                f"p50 {k50:.0f} / p99 {k99:.0f} ms", None, "p50 ≤ 200 ms", k50 <= 200,
+                f"{kills} kills; SQLite (polled) p50 {statistics.median(lite_kill) * 1000:.0f} ms")
         )  # fmt: skip
         if sz is QUICK:  # the smoke run: the engine works under the server; numbers later
             return rows

@@ -17,7 +17,7 @@ import pytest
 
 from mcp_background_job.app import App
 from mcp_background_job.config import Settings
-from mcp_background_job.errors import InvalidRequest, JobStateError
+from mcp_background_job.errors import InvalidRequest
 from mcp_background_job.jobs import JobStatus
 
 from .conftest import wait_for
@@ -153,19 +153,3 @@ async def test_a_worker_runs_its_hosts_jobs_without_a_client_and_the_cli_lists_t
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert queued.id not in other.stdout
-
-
-async def test_another_hosts_running_job_is_not_signalled_from_here(
-    hosts: AsyncExitStack, db_target: Path | str, tmp_path: Path
-) -> None:
-    alpha = await _open(hosts, db_target, tmp_path, "alpha")
-    beta = await _open(hosts, db_target, tmp_path, "beta")
-    running = await alpha.execute("sleep 60")
-    for act in (lambda: beta.kill(running.id), lambda: beta.interact(running.id, "x")):
-        with pytest.raises(JobStateError, match="runs on host 'alpha'"):
-            await act()
-    assert (await beta.status(running.id)).status is JobStatus.RUNNING
-    assert (await alpha.kill(running.id, grace_s=0)).status is JobStatus.KILLED
-    # A job queued for a host is only a row: any server may cancel it.
-    queued = await alpha.execute("true", host="gamma", cwd=str(tmp_path))
-    assert (await beta.kill(queued.id)).status is JobStatus.KILLED

@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("processes", ("cgroup", "isolation", "proctree", "ptyjob", "capture")),
     ("runner", ("runner",)),
     # The parts of the job operations behind the facade: admission, masking, reading, interact.
-    ("app parts", ("admission", "masking", "reading", "grepping", "interaction")),
+    ("app parts", ("admission", "masking", "reading", "grepping", "interaction", "remote")),
     ("app", ("app",)),
     # The only layer that knows MCP (``tools`` registered by ``server``).
     ("mcp", ("tools", "server", "stdio", "httpserve", "web")),

@@ -17,7 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .admission import Admission, ClaimedJobCheck, Client, policy_from
 from .capture import Ingester
@@ -34,7 +34,7 @@ from .checks import (
 )
 from .config import parse_since
 from .db import utcnow
-from .errors import InvalidRequest, JobNotFound, JobStateError
+from .errors import InvalidRequest, JobNotFound
 from .grepping import Finder
 from .interaction import DEFAULT_INTERACT_WAIT_S, DEFAULT_SETTLE_S, Interaction
 from .isolation import WITHHELD, detect
@@ -44,6 +44,7 @@ from .matching import GrepResult, SearchResult
 from .models import ListResult, WaitedJob, WaitManyResult, WaitResult, summary, view
 from .reading import MAX_READ_BYTES, MAX_TAIL_LINES, Reader
 from .redact import Redactor
+from .remote import Remote
 from .runner import Runner
 from .store import JobFilter, Store
 
@@ -104,6 +105,9 @@ class App:
         self.reader = Reader(store, runner, masker)
         self.interaction = Interaction(store, runner, self.reader, admission)
         self.finder = Finder(store, runner, self.reader, masker)
+        # Another host's job: kill and interact go through the database to its server.
+        self.remote = Remote(settings, store, runner, kill_here=runner.kill,
+                             interact_here=self._interact_here)  # fmt: skip
 
     @classmethod
     async def open(cls, settings: Settings, isolation: Isolation | None = None) -> App:
@@ -128,8 +132,11 @@ class App:
         app = cls(settings, store, runner, admission=admission, masker=masker)
         try:
             await runner.start()
+            await app.remote.start()
             await admission.record_policy()
         except BaseException:
+            with contextlib.suppress(Exception):
+                await app.remote.close()
             with contextlib.suppress(Exception):  # keep the original error
                 await runner.shutdown()
             admission.close()
@@ -147,6 +154,7 @@ class App:
     async def close(self) -> None:
         """Stop running jobs (recorded as killed: server shutdown), store output, close the DB."""
         try:
+            await self.remote.close()
             await self.runner.shutdown()
         finally:
             self.admission.close()
@@ -350,11 +358,22 @@ class App:
         *,
         client: Client | None = None,
     ) -> InteractResult:
-        """See ``interaction.Interaction.interact``: send input, wait until ready, read."""
-        await self._on_this_host(await self.store.resolve_id(job_id), "interact with")
+        """See ``interaction.Interaction.interact``: send input, wait until ready, read. A
+        running job of another host: asked of its server (see ``remote``)."""
+        job = await self.store.get_job(await self.store.resolve_id(job_id), events=False)
+        if self._elsewhere(job):
+            request = {"input": input, "wait_s": wait_s, "eof": eof, "until": until,
+                       "settle_s": settle_s, "keys": list(keys), "render": render}  # fmt: skip
+            return await self.remote.interact(job, request, client)
         return await self.interaction.interact(
-            job_id, input, wait_s, eof, until, settle_s, keys, render, client=client
+            job.id, input, wait_s, eof, until, settle_s, keys, render, client=client
         )
+
+    async def _interact_here(
+        self, job_id: str, request: dict[str, Any], client: Client | None
+    ) -> InteractResult:
+        """An interact another host's server asked for (``remote``), on a job running here."""
+        return await self.interaction.interact(job_id, **request, client=client)
 
     async def audit(
         self,
@@ -381,18 +400,11 @@ class App:
         """Queue bytes for the job's stdin and return at once (the command line's ``run``)."""
         await self.runner.send_input(await self.job(job_id), data, eof=eof)
 
-    async def _on_this_host(self, job_id: str, what: str) -> None:
-        """Refuse to act on the processes of a job another machine runs: its pids mean nothing
-        here. (A job queued for another host can still be killed: that is a database write.)"""
-        job = await self.store.get_job(job_id, events=False)
-        if job.host in (None, self.settings.host) or job.status is JobStatus.QUEUED:
-            return
-        if job.status.is_terminal:
-            return
-        raise JobStateError(
-            f"job {job_id} runs on host {job.host!r}, not here ({self.settings.host!r}): {what} "
-            "it through a server on that host (its processes cannot be reached from here)."
-        )
+    def _elsewhere(self, job: Job) -> bool:
+        """A running job another machine runs: its pids mean nothing here, so kill and
+        interact go to its server through the database. (A queued job is only a row: any
+        server may cancel it.)"""
+        return job.host not in (None, self.settings.host) and job.status is JobStatus.RUNNING
 
     async def kill(
         self,
@@ -406,9 +418,16 @@ class App:
         if not 0 <= grace <= 300:
             raise InvalidRequest("grace_s must be between 0 and 300 seconds.")
         job_id = await self.store.resolve_id(job_id)
-        await self._on_this_host(job_id, "kill")
-        job = await self.runner.kill(job_id, sig, grace)
-        facts = {"signal": sig.name, "grace_s": grace, "status": job.status}
+        job = await self.store.get_job(job_id, events=False)
+        facts: dict[str, object] = {"signal": sig.name, "grace_s": grace}
+        if self._elsewhere(job):
+            facts["host"] = job.host
+            job = await self.remote.kill(job, sig, grace)
+        elif job.host not in (None, self.settings.host) and job.status.is_terminal:
+            job = await self.store.get_job(job_id)  # what it left is its own host's to clear
+        else:
+            job = await self.runner.kill(job_id, sig, grace)
+        facts["status"] = job.status
         await self.admission.audit("kill", client, job_id=job_id, detail=facts)
         note = None
         if not job.status.is_terminal:

@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable
@@ -155,7 +154,7 @@ async def logs(args: argparse.Namespace, settings: Settings) -> int:
             pos = {s: 0 for s in Stream}
             await history.copy_output(store, job.id, streams, pos, sink)
         if args.follow:
-            await history.follow(store, job.id, streams, pos, sink)
+            await history.follow(store, job.id, streams, pos, sink, host=settings.host)
     finally:
         await store.close()
     return 0
@@ -500,7 +499,7 @@ async def vacuum(args: argparse.Namespace, settings: Settings) -> int:
     use it (measured: 825 MiB became 1.6 GiB on disk)."""
     store = await _changing(settings)
     try:
-        live = await _live_servers(store)
+        live = await _live_servers(store, settings.host)
         if live:
             pids = ", ".join(f"pid {s.pid}" for s in live)
             raise StorageError(
@@ -526,10 +525,10 @@ async def vacuum(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _live_servers(store: Store) -> list[ServerInstance]:
-    """Servers registered on the database and alive on this host (``run`` and ``kill`` count:
-    they are servers while they run). Servers of other hosts cannot be seen from here."""
-    host = socket.gethostname()
+async def _live_servers(store: Store, host: str) -> list[ServerInstance]:
+    """Servers registered on the database and alive on this host (``host``: the setting, the
+    name this machine's servers register under; ``run`` and ``kill`` count: they are servers
+    while they run). Servers of other hosts cannot be seen from here."""
     return [
         s
         for s in await store.servers_not_stopped()

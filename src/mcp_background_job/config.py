@@ -216,6 +216,26 @@ class Settings(BaseSettings):
             "and a server runs the jobs queued for its host. Default: the hostname.",
         ),
     ] = Field(default_factory=socket.gethostname)
+    host_dead_after_s: Annotated[
+        float,
+        Field(
+            ge=5,
+            le=86400,
+            description="A host none of whose servers has heart-beaten for this long is "
+            "declared dead by a server of another host: its running jobs fail as 'lost: host "
+            "NAME stopped answering' (detached ones wait for it). Servers beat every "
+            "tenth of this (at most every 30 s).",
+        ),
+    ] = 180.0
+    control_take_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=600,
+            description="How long kill and interact on another host's job wait for a server "
+            "there to take the request before they give up (nothing is then done).",
+        ),
+    ] = 10.0
     retention_max_age: Annotated[
         timedelta | None,
         Field(

@@ -6,6 +6,7 @@ Import rule: nothing from the package (the lowest layer, ``leaves``, in ``tests/
     ├── InvalidRequest        bad input: empty command, missing cwd, bad cursor, ...
     ├── JobNotFound           no job has that id
     ├── JobStateError         the job's state does not allow it: stdin of a finished job, ...
+    │   └── NoAnswer          another host's server did not take or answer a request in time
     ├── TransitionConflict    a guarded status change lost a race (the status was not expected)
     ├── StorageError          the database cannot be used: locked, disk full, read-only, not a
     │                         database, newer schema, ... (``kind`` says which; db.storage_error)
@@ -43,6 +44,10 @@ class JobNotFound(BackgroundJobError):
 
 class JobStateError(BackgroundJobError):
     """The job exists but its state does not allow the request."""
+
+
+class NoAnswer(JobStateError):
+    """A kill or interact on another host's job was not taken, or not answered, in time."""
 
 
 class TransitionConflict(BackgroundJobError):

@@ -135,11 +135,14 @@ async def follow(
     *,
     poll_s: float = 0.1,
     check_owner: bool = True,
+    host: str | None = None,
 ) -> Job:
     """Copy new output as it is stored until the job has ended and all of it was copied.
 
     The server running the job stores its output every 50 ms; this polls the database. If
-    that server is gone (it died without recording the end), raises ``JobStateError``.
+    that server is gone (it died without recording the end), raises ``JobStateError``:
+    judged by its pid only when it runs on ``host`` (this machine's name, the ``host``
+    setting; default the hostname).
     """
     loop = asyncio.get_running_loop()
     next_check = loop.time() + _OWNER_CHECK_S
@@ -150,18 +153,18 @@ async def follow(
             return job
         if check_owner and loop.time() >= next_check:
             next_check = loop.time() + _OWNER_CHECK_S
-            await _check_owner(store, job)
+            await _check_owner(store, job, host or socket.gethostname())
         if not copied:
             await asyncio.sleep(poll_s)
 
 
-async def _check_owner(store: Store, job: Job) -> None:
+async def _check_owner(store: Store, job: Job, host: str) -> None:
     if job.status.is_terminal or job.owner_id is None:
         return
     server = await store.get_server(job.owner_id)
     if server is None or server.stopped_at is not None:
         alive = False
-    elif server.hostname != socket.gethostname():
+    elif server.hostname != host:
         return  # another host's server: its processes cannot be seen from here
     else:
         alive = proctree.is_alive(server.pid, server.pid_start, server.boot_id)

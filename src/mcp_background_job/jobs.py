@@ -91,6 +91,13 @@ REASON_LOST = "lost: server exited"
 REASON_NO_EXIT = "lost: no exit status recorded (it may have run)"
 #: A detached job recorded on another boot, with no end file: it died with the machine.
 REASON_REBOOTED = "lost: host rebooted"
+
+
+def reason_host_lost(host: str) -> str:
+    """A running job of a host declared dead (none of its servers heart-beat in time)."""
+    return f"lost: host {host} stopped answering"
+
+
 #: Added to the reason of a job that did not complete while its output's disk was full.
 DISK_FULL = "disk full: no space was left for its output when it ended"
 

@@ -119,6 +119,8 @@ class ServerRow(Base):
     version: Mapped[str] = mapped_column(String)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When it last said it was alive (migration 0012; NULL: never, ``started_at`` counts).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobRow(Base):
@@ -282,6 +284,29 @@ class ApiTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobControlRow(Base):
+    """A ``kill`` or ``interact`` asked of the host that runs the job (migration 0012): the
+    owning server takes it (``taken_by``, a compare-and-set), applies it, and writes ``answer``
+    (JSON) or ``error``; the caller reads the row and deletes it."""
+
+    __tablename__ = "job_controls"
+    __table_args__ = (
+        CheckConstraint("kind IN ('kill', 'interact')", name="kind"),
+        Index(None, "host", "taken_by"),
+        Index(None, "job_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    request: Mapped[str] = mapped_column(Text)  # JSON object: the call's arguments
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    taken_by: Mapped[str | None] = mapped_column(String)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    answer: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 metadata = Base.metadata

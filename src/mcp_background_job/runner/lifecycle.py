@@ -390,6 +390,10 @@ class Runner:
     def owns(self, job_id: str) -> bool:
         return job_id in self._table.running
 
+    def has_jobs(self) -> bool:
+        """Whether this server runs any job (whose end is not recorded yet)."""
+        return bool(self._table.running)
+
     async def send_input(
         self, job: Job, data: bytes, *, keys: Sequence[Key] = (), eof: bool = False
     ) -> None:

@@ -8,13 +8,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .. import proctree
 from ..capture import describe_failure
 from ..db import utcnow
 from ..errors import TransitionConflict
-from ..jobs import ACTIVE, REASON_LOST, REASON_NO_EXIT, REASON_REBOOTED, JobStatus
+from ..jobs import (
+    ACTIVE,
+    REASON_LOST,
+    REASON_NO_EXIT,
+    REASON_REBOOTED,
+    JobStatus,
+    reason_host_lost,
+)
 from ..store import STORAGE_FAILURES, PruneResult
 
 if TYPE_CHECKING:
@@ -36,6 +44,9 @@ _STRAYS_EVERY_S = 60.0
 _LINGER_EVERY_S = 5.0
 #: How often a server with no job collects adopted orphans (every second while it has jobs).
 _IDLE_REAP_EVERY_S = 30.0
+#: A server heart-beats every this fraction of ``host_dead_after_s`` (and at most this often).
+_BEATS_PER_DEADLINE = 10
+_BEAT_MAX_S = 30.0
 
 
 class Upkeep:
@@ -68,6 +79,7 @@ class Upkeep:
         self.adopter: Adopter | None = None
         self._unsettled: set[str] = set()  # taken over, end not written yet (see reconcile)
         self._caught_up = asyncio.Event()
+        self._next_beat = 0.0
 
     async def reconcile(self) -> int:
         """Take over what servers that are gone left behind. Jobs that may have run there
@@ -76,7 +88,8 @@ class Upkeep:
         queued jobs that never started, and those of servers that stopped, are claimed and run
         here (after this server's policy allows them). A stopped server's running job is one
         whose end it could not record: taken over the same way. Live servers' jobs are never
-        touched. Returns the number of jobs failed."""
+        touched. Returns the number of jobs failed (here, and on hosts declared dead)."""
+        failed = await self._judge_hosts()
         dead: list[str] = []
         for srv in await self.store.servers_not_stopped(exclude=self.server_id):
             if srv.hostname != self.hostname:
@@ -84,7 +97,7 @@ class Upkeep:
             if proctree.is_alive(srv.pid, srv.pid_start, srv.boot_id):
                 continue
             dead.append(srv.id)
-        failed = claimed = 0
+        claimed = 0
         # Taken over earlier, but their end could not be written then: this server owns them
         # now (no other server will look at them while it lives), so it tries again.
         unsettled = await self.store.get_jobs(list(self._unsettled)) if self._unsettled else {}
@@ -110,6 +123,29 @@ class Upkeep:
         if claimed:
             self.table.queued += claimed
             self.table.wake.set()
+        return failed
+
+    async def _judge_hosts(self) -> int:
+        """Heart-beat (now and then), and declare dead the other hosts none of whose servers
+        beat for ``host_dead_after_s``: their pids cannot be looked at from here, so silence is
+        the only sign. Returns the number of their jobs failed."""
+        loop = asyncio.get_running_loop()
+        dead_after = self.settings.host_dead_after_s
+        if loop.time() >= self._next_beat:
+            await self.store.heartbeat(self.server_id)
+            self._next_beat = loop.time() + min(dead_after / _BEATS_PER_DEADLINE, _BEAT_MAX_S)
+        before = utcnow() - timedelta(seconds=dead_after)
+        failed = 0
+        for host in await self.store.silent_hosts(before, exclude=self.hostname):
+            ids = await self.store.declare_dead(host, before, self.server_id,
+                                                reason_host_lost(host))  # fmt: skip
+            if ids is None:
+                continue  # one of its servers beat meanwhile, or another server declared it
+            for job_id in ids:
+                self.table.set_done(job_id)
+            failed += len(ids)
+            log.warning("host_declared_dead host=%s silent_s=%.0f jobs_failed=%d", host,
+                        dead_after, len(ids))  # fmt: skip
         return failed
 
     async def _settle(self, job: Job) -> JobStatus | None:

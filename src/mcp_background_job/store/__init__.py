@@ -6,6 +6,7 @@
 - ``lifecycle``: jobs and the queue (create, load, guarded status changes, owners, servers).
 - ``listing``: the history list and the command search.
 - ``output``: storing and reading output chunks.
+- ``controls``: requests to another host's server (kill, interact) and hosts' heartbeats.
 - ``upkeep``: status changes for subscribers, stats, pruning, vacuum, the audit log.
 - ``records``: rows to records and back (one mapping per record type), and the typed values
   the store takes and returns.

@@ -4,11 +4,13 @@ reader thread (``connections``), and returns frozen records from ``jobs``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
@@ -26,8 +28,9 @@ from ..jobs import (
     Stream,
 )
 from ..tokens import ApiToken
-from . import counts, lifecycle, listing, output, search, tokens, upkeep
+from . import controls, counts, lifecycle, listing, output, search, tokens, upkeep
 from .connections import Connections
+from .controls import ANSWER_CHANNEL, CONTROL_CHANNEL, Control
 from .records import (
     Change,
     JobFilter,
@@ -39,6 +42,9 @@ from .records import (
     StatusChange,
     audit_values,
 )
+
+if TYPE_CHECKING:
+    from ..db.listen import Notices
 
 #: Job ids are this many lowercase hex characters.
 JOB_ID_LENGTH = 12
@@ -57,6 +63,8 @@ class Store:
         self._db = Connections(path, read_pool=read_pool, writer_nice=writer_nice)
         self._write = self._db.write
         self._query = self._db.query
+        #: LISTEN (PostgreSQL only), started by the first ``listen``.
+        self._notices: Notices | None = None
 
     @property
     def read_only(self) -> bool:
@@ -79,6 +87,8 @@ class Store:
             raise
 
     async def close(self) -> None:
+        if self._notices is not None:
+            await self._notices.close()
         await self._db.close()
 
     def wal_bytes(self) -> int:
@@ -101,6 +111,68 @@ class Store:
 
     async def get_server(self, server_id: str) -> ServerInstance | None:
         return await self._query(partial(lifecycle.get_server, server_id=server_id))
+
+    async def heartbeat(self, server_id: str) -> None:
+        await self._write(partial(controls.heartbeat, server_id=server_id))
+
+    async def silent_hosts(self, before: datetime, exclude: str) -> list[str]:
+        return await self._query(partial(controls.silent_hosts, before=before, exclude=exclude))
+
+    async def declare_dead(
+        self, host: str, before: datetime, server_id: str, reason: str
+    ) -> list[str] | None:
+        """See ``controls.declare_dead``: the ids of the jobs failed (None: not declared)."""
+        return await self._write(partial(controls.declare_dead, host=host, before=before,
+                                         server_id=server_id, reason=reason))  # fmt: skip
+
+    # --- requests to another host's server (see ``controls``) -----------------------------
+
+    async def listen(self) -> bool:
+        """Start listening for requests and answers (PostgreSQL); False: poll (SQLite, or
+        LISTEN failed)."""
+        if not isinstance(self.path, str):
+            return False
+        if self._notices is None:
+            # Imported here: psycopg is loaded only by servers on PostgreSQL (cheap CLI calls).
+            from ..db.listen import Notices
+
+            self._notices = Notices(self.path, (CONTROL_CHANNEL, ANSWER_CHANNEL))
+        await self._notices.start()
+        return self._notices.listening
+
+    def notice(self, channel: str, payload: str) -> asyncio.Event | None:
+        """The event the next notice on ``channel`` with ``payload`` sets (None: no LISTEN)."""
+        if self._notices is None or not self._notices.listening:
+            return None
+        return self._notices.event(channel, payload)
+
+    def drop_notice(self, channel: str, payload: str) -> None:
+        if self._notices is not None:
+            self._notices.drop(channel, payload)
+
+    async def ask_control(self, job_id: str, host: str, kind: str, request: str) -> int:
+        return await self._write(partial(controls.ask, job_id=job_id, host=host, kind=kind,
+                                         request=request))  # fmt: skip
+
+    async def pending_controls(self, host: str, server_id: str) -> list[Control]:
+        return await self._query(partial(controls.pending, host=host, server_id=server_id))
+
+    async def take_control(self, control_id: int, server_id: str) -> bool:
+        return await self._write(partial(controls.take, control_id=control_id,
+                                         server_id=server_id))  # fmt: skip
+
+    async def answer_control(self, control_id: int, answer: str | None, error: str | None) -> None:
+        await self._write(partial(controls.answer, control_id=control_id, answer=answer,
+                                  error=error))  # fmt: skip
+
+    async def get_control(self, control_id: int) -> Control | None:
+        return await self._query(partial(controls.get, control_id=control_id))
+
+    async def withdraw_control(self, control_id: int) -> bool:
+        return await self._write(partial(controls.withdraw, control_id=control_id))
+
+    async def forget_control(self, control_id: int) -> None:
+        await self._write(partial(controls.forget, control_id=control_id))
 
     # --- jobs -----------------------------------------------------------------------------
 
