@@ -35,6 +35,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -347,7 +348,8 @@ def _detect_v1(
 
 def _tried(found: JobCgroups) -> JobCgroups | str:
     """``found`` if a job group can be made, limited and removed there; else why not."""
-    probe = f"probe{os.getpid()}"
+    # Unique per call: servers opened in one process (tests, a worker beside a server) probe too.
+    probe = f"probe{os.getpid()}-{secrets.token_hex(4)}"
     try:
         found.prepare(probe)
     except OSError as exc:

@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -497,7 +498,8 @@ def _probe(iso: Isolation) -> None:
     fails."""
     if iso.mode == "none":
         return
-    probe_id = f"probe{os.getpid()}"
+    # Unique per call: servers opened in one process would otherwise share (and remove) it.
+    probe_id = f"probe{os.getpid()}-{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory(prefix="mcp-background-job-probe-") as cwd:
         try:
             argv = iso.argv(_SHELL, "exit 0", cwd, probe_id)
