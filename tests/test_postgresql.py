@@ -80,9 +80,8 @@ async def pg_history(pg_server: PgServer) -> AsyncIterator[PgHistory]:
     try:
         jobs = []
         for command, labels in (
-            ("echo a; sleep 0.2; echo b; sleep 0.2; echo c", ["ci"])(  # one stream: one order,
-                "echo failing; exit 3", ["ci"]
-            ),
+            ("echo a; sleep 0.2; echo b; sleep 0.2; echo c", ["ci"]),  # one stream: one order
+            ("echo failing; exit 3", ["ci"]),
             ("sleep 2", ["nightly"]),  # slowest by far, even on a loaded machine
         ):
             view = await app.execute(command, labels=labels)

@@ -49,9 +49,8 @@ async def history(tmp_path: Path) -> AsyncIterator[History]:
     try:
         jobs = []
         for command, labels in (
-            ("echo a; sleep 0.2; echo b; sleep 0.2; echo c", ["ci"])(  # one stream: one order,
-                "echo failing; exit 3", ["ci"]
-            ),
+            ("echo a; sleep 0.2; echo b; sleep 0.2; echo c", ["ci"]),  # one stream: one order
+            ("echo failing; exit 3", ["ci"]),
             ("sleep 0.6", ["nightly"]),
         ):
             view = await app.execute(command, labels=labels)
