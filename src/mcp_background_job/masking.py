@@ -43,6 +43,7 @@ class Masked:
     chunks: list[Chunk]
     held: dict[Stream, int]
     hits: int
+    plain: bool = False  # every group was plain ASCII (``Redacted.plain``): shown as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class GroupMask:
     chunks: list[Chunk]
     cut: int
     hits: int
+    plain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,7 @@ class Masker:
         hold: bool,
         limit: int | None = None,
         merged: bool = False,
+        offload: bool = False,
     ) -> Masked:
         """Chunks with secrets masked (from ``starts`` on), seen with context around them.
 
@@ -153,7 +156,9 @@ class Masker:
         text of both as the read returns it, in the order stored, so a secret split between
         stdout and stderr is masked too. With ``hold``, a running job's trailing, possibly
         incomplete secret is held back (cut off; a later read returns it whole): nothing of a
-        stream from its cut on is returned. The chunks keep their order.
+        stream from its cut on is returned. The chunks keep their order. ``offload``: each
+        group is masked in a worker thread (RE2 lets go of the GIL: a scan masks its next page
+        while it matches this one).
         """
         held = {s: 0 for s in Stream}
         if not self.settings.redact_output or not chunks:
@@ -163,12 +168,16 @@ class Masker:
         cuts: dict[Stream, int] = {}
         stops: dict[Stream, int] = {}
         count = 0
+        plain = True
         for stream in Stream:
             mine = sorted((c for c in chunks if c.stream is stream), key=lambda c: c.offset)
             for group in contiguous(mine):
                 start = starts[stream] if starts is not None else group[0].offset
-                g = await self.mask_group(redactor, job, group, start, live=hold, limit=limit)
+                g = await self.mask_group(
+                    redactor, job, group, start, live=hold, limit=limit, offload=offload
+                )
                 count += g.hits
+                plain = plain and g.plain
                 stop = group[-1].end if limit is None else min(group[-1].end, start + limit)
                 stops[stream] = max(stops.get(stream, stop), stop)
                 cuts[stream] = min(cuts.get(stream, g.cut), g.cut)
@@ -186,7 +195,7 @@ class Masker:
                 result.append(Chunk(c.stream, c.offset, data))
         for stream, cut in cuts.items():
             held[stream] = max(0, stops[stream] - cut)
-        return Masked(result, held, count)
+        return Masked(result, held, count, plain)
 
     async def mask_group(
         self,
@@ -234,7 +243,7 @@ class Masker:
             # A match longer than the context touches its end: mask what we have, go on.
             r = window(live=False, final=True)
         cut = run.offset + r.end
-        return GroupMask(_splice(group, span, cut, r), cut, sum(r.hits.values()))
+        return GroupMask(_splice(group, span, cut, r), cut, sum(r.hits.values()), r.plain)
 
     async def _mask_merged(
         self,
@@ -352,18 +361,20 @@ def run_around(chunks: Sequence[Chunk], lo: int, hi: int, need_lo: int, need_hi:
     """The contiguous bytes of one stream within ``lo..hi`` that include ``need_lo..need_hi``,
     from chunks that may overlap (context reads return whole rows). The chunks include a
     contiguous group covering ``need_lo..need_hi``."""
-    runs: list[tuple[int, bytearray]] = []
+    # Pieces joined once per run (a page is MiBs: copying it through a bytearray costs).
+    runs: list[tuple[int, int, list[bytes]]] = []  # (offset, end, pieces)
     for c in sorted(chunks, key=lambda c: c.offset):
         a, b = max(c.offset, lo), min(c.end, hi)
         if a >= b:
             continue
-        if runs and runs[-1][0] + len(runs[-1][1]) >= a:
-            base, buf = runs[-1]
-            if b > base + len(buf):
-                buf += c.data[base + len(buf) - c.offset : b - c.offset]
+        if runs and runs[-1][1] >= a:
+            base, end, pieces = runs[-1]
+            if b > end:
+                pieces.append(c.data[end - c.offset : b - c.offset])
+                runs[-1] = (base, b, pieces)
         else:
-            runs.append((a, bytearray(c.data[a - c.offset : b - c.offset])))
-    for base, buf in runs:
-        if base <= need_lo and base + len(buf) >= need_hi:
-            return Run(base, bytes(buf))
+            runs.append((a, b, [c.data[a - c.offset : b - c.offset]]))
+    for base, end, pieces in runs:
+        if base <= need_lo and end >= need_hi:
+            return Run(base, b"".join(pieces))
     raise AssertionError(f"no contiguous bytes cover {need_lo}..{need_hi}")

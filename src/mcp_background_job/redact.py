@@ -485,6 +485,9 @@ class Redacted:
     data: bytes
     end: int
     hits: Counter[str]
+    #: The window (with its context) is ASCII without a byte that changes what it shows
+    #: (``_SPECIAL``), known from the one scan that masks it: callers need not look again.
+    plain: bool = False
 
 
 class Redactor:
@@ -544,8 +547,9 @@ class Redactor:
         """Every secret in every view of ``data`` (``width``: the terminal's, for rendering)."""
         return self._find(data, width)[0]
 
-    def _find(self, data: bytes, width: int | None) -> tuple[list[Found], _View]:
-        """The secrets, and the stripped view (the live-end hold reads it)."""
+    def _find(self, data: bytes, width: int | None) -> tuple[list[Found], _View, bool]:
+        """The secrets, the stripped view (the live-end hold reads it), and whether ``data``
+        is plain (ASCII without a ``_SPECIAL`` byte: all its views are the raw bytes)."""
         raw = _View(data)
         if data.isascii():  # most output: one scan finds its secrets and says it is plain
             plain = self._matches(raw, data, self._compiled[1])
@@ -553,7 +557,7 @@ class Redactor:
                 f.name in self._spans_controls and _SPECIAL_RE.search(data, f.start, f.end)
                 for f in plain
             ):
-                return plain + self._value_matches(raw, data), raw
+                return plain + self._value_matches(raw, data), raw, True
         stripped = _stripped_view(data)
         views = [stripped.view]
         if stripped.lone_cr or b"\x08" in data or _CURSOR_MOVES.search(data) is not None:
@@ -575,7 +579,7 @@ class Redactor:
                     mask = _clip(f.mask, structure)
                     if mask:
                         found.append(Found(f.start, f.end, tuple(mask), f.name, f.at_end))
-        return found, stripped.view
+        return found, stripped.view, False
 
     def _matches(self, view: _View, data: bytes, regex: re2._Regexp) -> list[Found] | None:
         """The rules' matches in ``view`` not masked already; None if the scan for plain text
@@ -671,13 +675,15 @@ class Redactor:
         before such a match (unless it starts at ``start``: the masked part is returned).
         ``width``: the terminal's columns (rendering bounds cursor moves by it).
         """
-        found, stripped = self._find(data, width)
+        found, stripped, plain = self._find(data, width)
         cut = end
         for f in found:
             if f.at_end and not final and start < f.start < cut:
                 cut = f.start
         if live and end == len(data):
             cut = min(cut, max(start, self._hold_from(data, stripped)))
+        if not found:  # most pages: nothing to mask, no copy through a bytearray
+            return Redacted(data[start:cut], cut, Counter(), plain)
         buf = bytearray(data[start:cut])
         hits: Counter[str] = Counter()
         counted_to = -1  # one secret seen in several views (or pieces) counts once
@@ -692,7 +698,7 @@ class Redactor:
                 if f.start >= counted_to:
                     hits[f.name] += 1
                 counted_to = max(counted_to, f.end)
-        return Redacted(bytes(buf), cut, hits)
+        return Redacted(bytes(buf), cut, hits, plain)
 
     def _hold_from(self, data: bytes, stripped: _View) -> int:
         """Where a possibly incomplete secret at the live end of ``data`` starts, in raw bytes
