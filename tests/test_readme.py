@@ -49,7 +49,7 @@ async def history(tmp_path: Path) -> AsyncIterator[History]:
     try:
         jobs = []
         for command, labels in (
-            ("echo a; sleep 0.2; echo b; sleep 0.2; echo c", ["ci"]),  # one stream: one order
+            ("echo a; sleep 0.2; echo b >&2; sleep 0.2; echo c", ["ci"]),
             ("echo failing; exit 3", ["ci"]),
             ("sleep 0.6", ["nightly"]),
         ):

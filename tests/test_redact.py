@@ -355,6 +355,20 @@ def test_control_sequences_are_stripped(text: str, expected: str) -> None:
     assert "\x1b" not in strip_controls(text + "\x1b")
 
 
+def test_every_control_character_is_stripped_among_plain_lines() -> None:
+    """The fast path (no control character: the text as it is) must see each one, also in
+    text with non-ASCII characters, and after many plain lines (a 64 KiB page, issue 13)."""
+    controls = [chr(c) for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0))]
+    lines = "plain line\n" * 6000
+    for c in controls:
+        for text in (lines + c + "x", "é" * 3 + lines + c + "x"):
+            assert c not in strip_controls(text), repr(c)
+    assert strip_controls("é" + lines) == "é" + lines
+    # Not controls: the characters around the ranges stay.
+    kept = "\t\n\r ~\xa0\u2028\ud7ff\ue000"
+    assert strip_controls(kept) == kept
+
+
 @pytest.mark.slow
 def test_throughput_on_100mb_of_build_log() -> None:
     """Measured, not asserted (no timing assertions on shared machines): see the report."""

@@ -220,6 +220,36 @@ async def test_read_stream_jumps_over_a_dropped_gap(store: Store) -> None:
     assert [(c.offset, c.data) for c in chunks] == [(100, b"tail")]
 
 
+async def test_read_around_is_the_page_and_its_context_in_one_read(store: Store) -> None:
+    """``read_around`` returns what three ``read_stream`` calls return (issue 13: one trip)."""
+    await _job(store, "aaa000000001")
+    data = bytes(range(256)) * 8  # 2048 bytes in rows of 300, a gap from 1500 to 1700
+    rows = [(o, data[o : o + 300]) for o in range(0, 1500, 300)] + [(1700, data[1700:])]
+    await store.write_output(
+        [
+            OutputBatch(
+                "aaa000000001",
+                chunks=[NewChunk(Stream.STDOUT, i, o, d) for i, (o, d) in enumerate(rows)],
+            )
+        ]
+    )
+
+    async def one(start: int, n: int) -> list[tuple[int, bytes]]:
+        return [
+            (c.offset, c.data)
+            for c in await store.read_stream("aaa000000001", Stream.STDOUT, start, n)
+        ]
+
+    for start, n in ((0, 100), (250, 400), (1000, 400), (1490, 100), (1600, 50), (2000, 100)):
+        page, before, after = await store.read_around("aaa000000001", Stream.STDOUT, start, n, 120)
+        got = [(c.offset, c.data) for c in page]
+        assert got == await one(start, n)
+        lo = max(0, start - 120)
+        assert [(c.offset, c.data) for c in before] == (await one(lo, start - lo) if start else [])
+        end = page[-1].end if page else start
+        assert [(c.offset, c.data) for c in after] == await one(end, 120)
+
+
 async def test_claim_only_once(store: Store) -> None:
     await _job(store, "aaa000000001")
     job = await store.get_job("aaa000000001")

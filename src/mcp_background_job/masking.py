@@ -77,6 +77,20 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Prefetched:
+    """Context read together with a page (``Store.read_around``): every stored byte of
+    ``stream`` from ``lo`` to ``hi`` is in ``chunks``, so masking reads none of it again."""
+
+    stream: Stream
+    lo: int
+    hi: int
+    chunks: Sequence[Chunk]
+
+    def covers(self, stream: Stream, lo: int, hi: int) -> bool:
+        return stream is self.stream and self.lo <= lo and hi <= self.hi
+
+
+@dataclass(frozen=True, slots=True)
 class _Span:
     """Where a group is masked: ``start..stop`` of its stream (``stop`` at most ``limit`` past
     ``start``), inside the group's ``lo..hi``, with the context ``want_lo..want_hi`` around it
@@ -149,6 +163,7 @@ class Masker:
         limit: int | None = None,
         merged: bool = False,
         offload: bool = False,
+        prefetched: Sequence[Prefetched] = (),
     ) -> Masked:
         """Chunks with secrets masked (from ``starts`` on), seen with context around them.
 
@@ -158,7 +173,8 @@ class Masker:
         incomplete secret is held back (cut off; a later read returns it whole): nothing of a
         stream from its cut on is returned. The chunks keep their order. ``offload``: each
         group is masked in a worker thread (RE2 lets go of the GIL: a scan masks its next page
-        while it matches this one).
+        while it matches this one). ``prefetched``: context already read, used instead of
+        reading it again.
         """
         held = {s: 0 for s in Stream}
         if not self.settings.redact_output or not chunks:
@@ -174,7 +190,14 @@ class Masker:
             for group in contiguous(mine):
                 start = starts[stream] if starts is not None else group[0].offset
                 g = await self.mask_group(
-                    redactor, job, group, start, live=hold, limit=limit, offload=offload
+                    redactor,
+                    job,
+                    group,
+                    start,
+                    live=hold,
+                    limit=limit,
+                    offload=offload,
+                    prefetched=prefetched,
                 )
                 count += g.hits
                 plain = plain and g.plain
@@ -208,6 +231,7 @@ class Masker:
         limit: int | None = None,
         ended: bool | None = None,
         offload: bool = False,
+        prefetched: Sequence[Prefetched] = (),
     ) -> GroupMask:
         """Mask contiguous chunks of one stream from byte ``start`` on (at most ``limit`` bytes:
         the rest of the chunks is dropped), seen with ``CONTEXT_BYTES`` before and after.
@@ -216,12 +240,15 @@ class Masker:
         stream = group[0].stream
         span = _Span.of(group, start, limit, job.ingested(stream))
         around = list(group)
-        if span.want_lo < span.lo:  # read only the context the chunks at hand do not cover
-            around += await self.store.read_stream(
-                job.id, stream, span.want_lo, span.lo - span.want_lo
-            )
-        if span.want_hi > span.hi:
-            around += await self.store.read_stream(job.id, stream, span.hi, span.want_hi - span.hi)
+        # Read only the context that neither the chunks at hand nor ``prefetched`` cover.
+        for lo, hi in ((span.want_lo, span.lo), (span.hi, span.want_hi)):
+            if lo >= hi:
+                continue
+            known = next((p for p in prefetched if p.covers(stream, lo, hi)), None)
+            if known is not None:
+                around += known.chunks
+            else:
+                around += await self.store.read_stream(job.id, stream, lo, hi - lo)
         run = run_around(around, span.want_lo, span.want_hi, span.start, span.stop)
         if ended is None:
             ended = job.status.is_terminal

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Literal
 from . import terminal
 from .errors import InvalidRequest, StorageError
 from .jobs import Stream
+from .masking import Prefetched
 from .models import OutputResult, TailResult
-from .redact import strip_controls
+from .redact import CONTEXT_BYTES, strip_controls
 
 if TYPE_CHECKING:
     from .jobs import Chunk, Job
@@ -141,11 +142,23 @@ class Reader:
         control sequences stripped. ``plain``: rendered as a terminal shows it; an escape
         sequence not complete yet is left for the next read."""
         want = max(max_bytes, 4)  # enough for one whole character
-        if len(streams) == 1:
+        known: list[Prefetched] = []
+        if len(streams) == 1 and not self.masker.settings.redact_output:
             chunks = await self.store.read_stream(job.id, streams[0], pos[streams[0]], want)
+        elif len(streams) == 1:
+            # The page and the context its masking needs, in one trip to the database.
+            s, at = streams[0], pos[streams[0]]
+            chunks, before, after = await self.store.read_around(job.id, s, at, want, CONTEXT_BYTES)
+            end = chunks[-1].end if chunks else at
+            known = [
+                Prefetched(s, max(0, at - CONTEXT_BYTES), at, before),
+                Prefetched(s, end, end + CONTEXT_BYTES, after),
+            ]
         else:
             chunks = await self.store.read_interleaved(job.id, pos, want)
-        m = await self.masker.mask(job, chunks, pos, hold=True, limit=want, merged=len(streams) > 1)
+        m = await self.masker.mask(
+            job, chunks, pos, hold=True, limit=want, merged=len(streams) > 1, prefetched=known
+        )
         chunks = m.chunks
         lengths = {s: job.ingested(s) for s in Stream} if job.status.is_terminal else None
         text, new, covered, dropped = decode_chunks(chunks, pos, max_bytes, lengths)

@@ -8,8 +8,22 @@ costs what it returns, not what the job wrote.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from ..db import JobRow, OutputChunkRow
 from ..db.dialects import tail_bytes
@@ -90,30 +104,52 @@ def chunk_layout(
     return layout, (top if top is not None else -1)
 
 
+def _stream_reads() -> tuple[Select[Any], dict[bool, tuple[Select[Any], Select[Any]]]]:
+    """``read_stream``'s statements, built once with bound parameters: building them per call
+    (a literal per offset) cost ~4 ms of CPU a read, 4x the read itself (measured on a 64 KiB
+    page of a 20 MB job, issue 13). By ``whole_rows``: the rows in a range, the next row."""
+    start, n = bindparam("start", type_=Integer), bindparam("n", type_=Integer)
+    base = and_(_c.job_id == bindparam("j"), _c.stream == bindparam("s"))
+    floor = select(func.max(_c.byte_offset)).where(base, _c.byte_offset <= start)
+    cut = func.substr(_c.data, func.max(1, start - _c.byte_offset + 1), n)
+    reads = {}
+    for whole, piece in ((True, _c.data), (False, cut)):
+        query = select(_c.byte_offset, func.length(_c.data), piece).where(base)
+        in_range = query.where(_c.byte_offset >= bindparam("lo"), _c.byte_offset < bindparam("hi"))
+        after = query.where(_c.byte_offset > start).order_by(_c.byte_offset).limit(1)
+        reads[whole] = (in_range.order_by(_c.byte_offset), after)
+    return floor, reads
+
+
+_FLOOR, _STREAM_READS = _stream_reads()
+
+
 def read_stream(
     conn: Connection, job_id: str, stream: Stream, start: int, max_bytes: int, whole_rows: bool
 ) -> list[Chunk]:
     """See ``Store.read_stream``."""
-    base = and_(_c.job_id == job_id, _c.stream == stream)
-    piece = (
-        _c.data
-        if whole_rows
-        else func.substr(_c.data, func.max(1, start - _c.byte_offset + 1), min(max_bytes, _SQL_MAX))
-    )
-    lo = conn.execute(
-        select(func.max(_c.byte_offset)).where(base, _c.byte_offset <= start)
-    ).scalar_one_or_none()
-    query = select(_c.byte_offset, func.length(_c.data), piece).where(base).order_by(_c.byte_offset)
-    rows = conn.execute(
-        query.where(_c.byte_offset >= (lo or 0), _c.byte_offset < start + max_bytes)
-    ).all()
+    key = {"j": job_id, "s": stream, "start": start, "n": min(max_bytes, _SQL_MAX)}
+    lo = conn.execute(_FLOOR, key).scalar_one_or_none()
+    in_range, after = _STREAM_READS[whole_rows]
+    rows = conn.execute(in_range, {**key, "lo": lo or 0, "hi": start + max_bytes}).all()
     if not any(o + n > start for o, n, _ in rows):
-        rows = conn.execute(query.where(_c.byte_offset > start).limit(1)).all()
+        rows = conn.execute(after, key).all()  # in a dropped gap: the next stored chunk
     return [
         Chunk(stream, o if whole_rows else max(o, start), d)
         for o, n, d in rows
         if o + n > start and d
     ]
+
+
+def read_around(
+    conn: Connection, job_id: str, stream: Stream, start: int, max_bytes: int, context: int
+) -> tuple[list[Chunk], list[Chunk], list[Chunk]]:
+    """See ``Store.read_around``."""
+    page = read_stream(conn, job_id, stream, start, max_bytes, False)
+    lo = max(0, start - context)
+    before = read_stream(conn, job_id, stream, lo, start - lo, False) if start > lo else []
+    end = page[-1].end if page else start
+    return page, before, read_stream(conn, job_id, stream, end, context, False)
 
 
 def _first_seq(conn: Connection, job_id: str, starts: Mapping[Stream, int]) -> int:
