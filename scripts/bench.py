@@ -503,6 +503,80 @@ async def kill_latency(db: Path | str, tmp: Path, n: int) -> tuple[list[float], 
                 times.append(time.perf_counter() - t)
                 assert done["status"] == "killed", done
     return local, remote
+def make_history_pg(url: str, n: int) -> None:
+    """``make_history_db``'s jobs, events and labels on PostgreSQL: the schema migrated by the
+    server's own migrations, the rows made by PostgreSQL with one INSERT ... SELECT each
+    (generate_series), then ANALYZE (what autovacuum does soon after such a load)."""
+    import psycopg
+
+    from mcp_background_job.db import make_sync_engine, upgrade_to_head
+
+    engine = make_sync_engine(url)
+    with engine.connect() as conn:
+        upgrade_to_head(conn)
+    engine.dispose()
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(
+            "insert into servers values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
+            "'2026-01-01 00:00:00', '2026-01-01 00:00:01')"
+        )
+        con.execute(
+            "insert into jobs (id, command, cwd, shell, env, status, created_at, started_at, "
+            "ended_at, exit_code, owner_id, stdout_bytes, stderr_bytes, stdout_stored, "
+            "stderr_stored, stdout_dropped, stderr_dropped) "
+            "select lpad(to_hex(i), 12, '0'), "
+            "'make target' || i %% 997 || ' && ./run-tests --shard ' || i %% 13, '/src', "
+            "'/bin/sh', '{}', (array['completed','completed','completed','completed',"
+            "'completed','completed','completed','completed','failed','killed'])[i %% 10 + 1], "
+            # created, started and ended at once ("%%" is the modulo operator here)
+            "make_timestamp(2026, 1 + i * 12 / %(n)s, 1 + i %% 28, i %% 24, i %% 60, i / 1e6), "
+            "make_timestamp(2026, 1 + i * 12 / %(n)s, 1 + i %% 28, i %% 24, i %% 60, i / 1e6), "
+            "make_timestamp(2026, 1 + i * 12 / %(n)s, 1 + i %% 28, i %% 24, i %% 60, i / 1e6), "
+            "case when i %% 10 < 8 then 0 else 1 end, "
+            "'benchserver01', 0, 0, 0, 0, 0, 0 from generate_series(0, %(n)s - 1) as i",
+            {"n": n},
+        )
+        con.execute(
+            "insert into job_events (job_id, at, from_status, to_status) "
+            "select id, created_at, 'running', status from jobs"
+        )
+        con.execute(
+            "insert into job_labels (job_id, label, job_created_at) "
+            "select id, 'shard-' || (('x' || id)::bit(48)::bigint % 13), created_at from jobs"
+        )
+        con.execute("analyze")
+
+
+async def pg_list_filtered(db: Path | str, sz: Sizes, **settings: Any) -> list[float]:
+    """``list`` latencies (s) with ``bench_history_and_startup``'s filters."""
+    filters: list[dict[str, Any]] = [
+        {"status": "failed"},
+        {"label": "shard-7"},
+        {"command_contains": "target42"},
+        {"since": "2026-11-01T00:00:00"},
+        {"status": "completed", "label": "shard-3"},
+    ]
+    lat: list[float] = []
+    async with server(db, **settings) as c:
+        for f in filters:  # warm: the first of each plan
+            await call(c, "list", limit=20, **f)
+        for i in range(sz.samples):
+            t = time.perf_counter()
+            await call(c, "list", limit=20, **filters[i % len(filters)])
+            lat.append(time.perf_counter() - t)
+    return lat
+
+
+async def pg_big(db: Path | str, sz: Sizes, **settings: Any) -> float:
+    """Output stored per second (MB/s) for a job writing ``sz.big`` bytes: execute until
+    every byte is stored."""
+    async with server(db, max_output_bytes=4 * sz.big, **settings) as c:
+        t = time.perf_counter()
+        job = await call(c, "execute", command=big_cmd(sz.big))
+        done = await wait_done(c, job["id"])
+        took = time.perf_counter() - t
+        assert done["stdout"]["stored"] == sz.big + sz.big // 100 - 1, done["stdout"]
+    return sz.big / MB / took
 
 
 async def bench_postgresql(tmp: Path, sz: Sizes) -> list[Row]:
@@ -543,6 +617,26 @@ async def bench_postgresql(tmp: Path, sz: Sizes) -> list[Row]:
             Row("status latency, 8 jobs flooding: PostgreSQL",
                 f"p50 {l50:.1f} / p99 {l99:.1f} ms (SQLite)", f"p50 {p50:.1f} / p99 {p99:.1f} ms",
                 p50 / l50, "≤ 1.5× SQLite", p50 / l50 <= 1.5)
+        )  # fmt: skip
+        lite_rate = await pg_big(tmp / "pg-big.db", sz)
+        pg_rate = await pg_big(pg.new_database("bench"), sz, spool_dir=tmp / "pg-spool")
+        mb = sz.big / MB
+        rows.append(
+            Row(f"output stored per second ({mb:.0f} MB job): PostgreSQL",
+                f"{lite_rate:.0f} MB/s (SQLite)", f"{pg_rate:.0f} MB/s", lite_rate / pg_rate,
+                "≤ 1.5× SQLite", lite_rate / pg_rate <= 1.5, "ratio: SQLite's rate / ours")
+        )  # fmt: skip
+        make_history_db(tmp / "pg-history.db", sz.jobs_db)
+        url = pg.new_database("bench")
+        make_history_pg(url, sz.jobs_db)
+        lite = await pg_list_filtered(tmp / "pg-history.db", sz)
+        on_pg = await pg_list_filtered(url, sz, spool_dir=tmp / "pg-spool")
+        l50, l99 = statistics.median(lite) * 1000, percentile(lite, 99) * 1000
+        p50, p99 = statistics.median(on_pg) * 1000, percentile(on_pg, 99) * 1000
+        rows.append(
+            Row(f"list with a filter, {sz.jobs_db:,} jobs: PostgreSQL",
+                f"p50 {l50:.1f} / p99 {l99:.1f} ms (SQLite)", f"p50 {p50:.1f} / p99 {p99:.1f} ms",
+                p50 / l50, "≤ 1.5× SQLite", p50 / l50 <= 1.5, f"p99 ratio {p99 / l99:.2f}×")
         )  # fmt: skip
     return rows
 

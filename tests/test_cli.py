@@ -24,8 +24,10 @@ from alembic.script import ScriptDirectory
 from mcp_background_job import proctree
 from mcp_background_job.db import alembic_config
 
-from .fixtures.make_db import JOBS, make_db
+from .conftest import ENGINES
+from .fixtures.make_db import JOBS, Sql, Target, make_db
 from .fixtures.schema import assert_search_in_sync
+from .pg import PgServer
 
 EXE = Path(sys.executable).with_name("mcp-background-job")
 ANSI = b"\x1b["
@@ -39,9 +41,10 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def cli(
-    *args: str | Path, db: Path | None = None, input: bytes | None = None, **extra: str
+    *args: str | Path, db: Target | None = None, input: bytes | None = None, **extra: str
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the console script; ``db`` goes in the environment (as MCP_BACKGROUND_JOB_DB)."""
+    """Run the console script; ``db`` (a file or a PostgreSQL URL) goes in the environment (as
+    MCP_BACKGROUND_JOB_DB)."""
     env = _env(**extra)
     if db is not None:
         env["MCP_BACKGROUND_JOB_DB"] = str(db)
@@ -84,6 +87,14 @@ def query(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
         con.close()
 
 
+def query_any(target: Target, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """``query`` on either engine (the database must exist)."""
+    if isinstance(target, Path):
+        return query(target, sql, *params)
+    with Sql(target) as con:
+        return con.execute(sql, params)
+
+
 def job_where(db: Path, command: str, status: str | None = None) -> str | None:
     rows = query(db, "select id, status from jobs where command = ?", command)
     for job_id, st in rows:
@@ -100,6 +111,15 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def old_db(tmp_path: Path) -> Path:
     return make_db(tmp_path / "old" / "jobs.db", "0001")
+
+
+@pytest.fixture(params=ENGINES)
+def old_target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    """``old_db``'s history on each engine: the history commands read and migrate both."""
+    if request.param == "sqlite":
+        return make_db(tmp_path / "old" / "jobs.db", "0001")
+    server: PgServer = request.getfixturevalue("pg_server")
+    return make_db(server.new_database(), "0001")
 
 
 # --- run and kill ------------------------------------------------------------------------------
@@ -205,7 +225,8 @@ def test_kill_stops_a_job_of_another_live_process(db: Path) -> None:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def test_list_filters_json_and_placement_of_db(db: Path, tmp_path: Path) -> None:
+def test_list_filters_json_and_placement_of_db(db_target: Target, tmp_path: Path) -> None:
+    db = db_target  # on each engine: the jobs are run by ``run`` into either
     ok(cli("run", "-q", "--label", "build", "--", "echo one", db=db))
     ok(cli("run", "-q", "--label", "test", "--", "exit 4", db=db), 4)
     ok(cli("run", "-q", "--", "echo three", db=db))
@@ -269,7 +290,8 @@ def test_list_on_a_terminal_has_colors_and_relative_times(db: Path) -> None:
     assert b"echo on a terminal" in out and b"completed" in out
 
 
-def test_show_by_prefix_with_transitions_and_last_lines(old_db: Path) -> None:
+def test_show_by_prefix_with_transitions_and_last_lines(old_target: Target) -> None:
+    old_db = old_target
     text = ok(cli("show", "aaaa00000001", "--lines", "2", db=old_db))
     assert "fixture command 0 --flag 'quoted arg'" in text
     assert "build, ci" in text
@@ -299,7 +321,8 @@ def test_bad_ids_are_usage_errors_with_a_message(old_db: Path, job_id: str, mess
         assert b"Traceback" not in proc.stderr
 
 
-def test_logs_are_byte_exact_per_stream_and_tail(old_db: Path) -> None:
+def test_logs_are_byte_exact_per_stream_and_tail(old_target: Target) -> None:
+    old_db = old_target
     first = JOBS[0]
     both = cli("logs", "aaaa00000001", db=old_db)
     assert (both.returncode, both.stdout, both.stderr) == (0, first.stdout, first.stderr)
@@ -345,7 +368,8 @@ def test_logs_follow_streams_a_job_until_it_ends(db: Path, tmp_path: Path) -> No
         owner.wait()
 
 
-def test_stats(old_db: Path) -> None:
+def test_stats(old_target: Target) -> None:
+    old_db = old_target
     data = json.loads(ok(cli("stats", "--json", "--longest", "1", db=old_db)))
     assert data["jobs"] == len(JOBS)
     assert data["by_status"]["running"] == 1
@@ -367,32 +391,37 @@ def test_a_missing_database_is_not_created(tmp_path: Path) -> None:
 # --- db ------------------------------------------------------------------------------------------
 
 
-def test_db_upgrade_current_history_and_downgrade(old_db: Path) -> None:
+def test_db_upgrade_current_history_and_downgrade(old_target: Target) -> None:
+    old_db = old_target
     assert ok(cli("db", "current", db=old_db)).split() == ["0001"]
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert f"0001 -> {head}" in ok(cli("db", "upgrade", db=old_db))
     assert ok(cli("db", "current", db=old_db)).split() == [head, "(head)"]
-    assert_search_in_sync(old_db)
+    if isinstance(old_db, Path):
+        assert_search_in_sync(old_db)
     history = ok(cli("db", "history", db=old_db))
     assert f"-> {head} (head) (current)" in history and "<base> -> 0001" in history
     ok(cli("db", "downgrade", "0001", db=old_db))
     assert ok(cli("db", "current", db=old_db)).split() == ["0001"]
-    assert query(old_db, "select count(*) from output_chunks") == [(9,)]
+    assert query_any(old_db, "select count(*) from output_chunks") == [(9,)]
 
 
-def test_db_prune_and_vacuum(old_db: Path) -> None:
+def test_db_prune_and_vacuum(old_target: Target) -> None:
+    old_db = old_target
     dry = ok(cli("db", "prune", "--older-than", "30d", "--dry-run", db=old_db))
     assert dry.startswith("would delete 2 ended jobs")
-    assert len(query(old_db, "select id from jobs")) == len(JOBS)
+    assert len(query_any(old_db, "select id from jobs")) == len(JOBS)
     kept = ok(cli("db", "prune", "--older-than", "30d", "--keep-failed", db=old_db))
     assert kept.startswith("deleted 1 ended jobs")
     ok(cli("db", "prune", "--older-than", "1m", db=old_db))
     # Only the running job is left, however old it is.
-    assert query(old_db, "select id, status from jobs") == [("dddd00000005", "running")]
-    assert_search_in_sync(old_db)
+    assert query_any(old_db, "select id, status from jobs") == [("dddd00000005", "running")]
+    assert query_any(old_db, "select count(*) from output_chunks") == [(1,)]
     assert "->" in ok(cli("db", "vacuum", db=old_db))
-    assert query(old_db, "pragma freelist_count") == [(0,)]
-    assert_search_in_sync(old_db)  # VACUUM keeps the rowids the index points at
+    if isinstance(old_db, Path):
+        assert_search_in_sync(old_db)
+        assert query(old_db, "pragma freelist_count") == [(0,)]
+        assert_search_in_sync(old_db)  # VACUUM keeps the rowids the index points at
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import shutil
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from mcp_background_job.errors import StorageError
 from mcp_background_job.jobs import Stream
 from mcp_background_job.store import Store
 
-from .fixtures.make_db import JOBS, columns, make_db, snapshot
+from .conftest import ENGINES
+from .fixtures.make_db import JOBS, Sql, Target, columns, make_db, revision, snapshot
 from .fixtures.schema import assert_search_in_sync
+from .pg import PgServer
 
 
 def _migrated(path: Path) -> None:
@@ -134,47 +137,93 @@ def test_path_with_url_characters_opens_that_file(tmp_path: Path) -> None:
 # --- upgrades of real old data (tests/fixtures/make_db.py) ------------------------------------
 
 
-def _migrate(path: Path, revision: str, *, downgrade: bool = False) -> None:
+def _migrate(path: Target, revision: str, *, downgrade: bool = False) -> None:
     engine = db.make_sync_engine(path)
     with engine.connect() as conn:
         db.migrate_to(conn, revision, downgrade=downgrade)
     engine.dispose()
 
 
-def _revision(path: Path) -> str:
-    con = sqlite3.connect(path)
-    try:
-        revision: str = con.execute("select version_num from alembic_version").fetchone()[0]
-        return revision
-    finally:
-        con.close()
+def _revision(path: Target) -> str | None:
+    return revision(path)
 
 
-def test_every_revision_upgrades_old_data_intact_and_round_trips(tmp_path: Path) -> None:
+@pytest.fixture(params=ENGINES)
+def new_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Target]:
+    """Makes new empty databases on each engine: ``new_db(name)`` is an SQLite file's path or
+    a new PostgreSQL database's URL (one server per test process, tests/pg.py)."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / f"{name}.db"
+    server: PgServer = request.getfixturevalue("pg_server")
+    return lambda name: server.new_database()
+
+
+#: What migrations make on PostgreSQL that the models do not describe: the views with their
+#: bytes-as-text function, the trigger (and its function) that fills the labels' job times,
+#: and the trigram index of commands.
+PG_NOT_IN_MODELS = {
+    *(("view", v) for v in db.VIEWS),
+    ("function", "mbj_text"),
+    ("trigger", "jobs_label_times"),
+    ("function", "jobs_label_times"),
+    ("index", "ix_jobs_command_trgm"),
+}
+
+
+def _pg_not_in_models(url: str) -> set[tuple[str, str]]:
+    modelled = {("index", "alembic_version_pkc")}
+    for table in db.metadata.tables.values():
+        modelled.add(("index", f"{table.name}_pkey"))
+        modelled.update(("index", str(ix.name)) for ix in table.indexes)
+        modelled.update(("index", str(c.name)) for c in table.constraints if c.name)
+    with Sql(url) as con:
+        rows = con.execute(
+            "SELECT 'view', viewname FROM pg_views WHERE schemaname = 'public' "
+            "UNION SELECT 'index', indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "UNION SELECT 'trigger', tgname FROM pg_trigger WHERE NOT tgisinternal "
+            "UNION SELECT 'function', proname FROM pg_proc p JOIN pg_namespace n "
+            "ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')"
+        )  # (pg_trgm's own functions are the extension's, not ours)
+    return {(str(kind), str(name)) for kind, name in rows} - modelled
+
+
+def _extras_in_sync(target: Target) -> None:
+    """The schema objects that are not models are all there (and the search index holds
+    exactly the jobs, on SQLite)."""
+    if isinstance(target, Path):
+        assert_search_in_sync(target)
+        assert _not_in_models(target) == NOT_IN_MODELS
+    else:
+        assert _pg_not_in_models(target) == PG_NOT_IN_MODELS
+
+
+def test_every_revision_upgrades_old_data_intact_and_round_trips(
+    new_db: Callable[[str], Target],
+) -> None:
     script = ScriptDirectory.from_config(db.alembic_config())
     head = script.get_current_head()
     revisions = [r.revision for r in reversed(list(script.walk_revisions()))]
     assert revisions[0] == "0001" and revisions[-1] == head
     for start in revisions:
-        path = make_db(tmp_path / f"at-{start}.db", start)
+        path = make_db(new_db(f"at-{start}"), start)
         cols = columns(path)
         before = snapshot(path, cols)
         assert before["output_chunks"], "the fixture has output"
         _migrate(path, "head")
         assert _revision(path) == head
         assert snapshot(path, cols) == before, f"data changed upgrading {start} -> head"
-        assert_search_in_sync(path)
+        _extras_in_sync(path)
         _migrate(path, start, downgrade=True)
         assert _revision(path) == start
         assert snapshot(path, cols) == before, f"data changed downgrading head -> {start}"
         _migrate(path, "head")
         assert snapshot(path, cols) == before
-        assert_search_in_sync(path)
-        assert _not_in_models(path) == NOT_IN_MODELS
+        _extras_in_sync(path)
 
 
-async def test_an_upgraded_database_reads_like_a_new_one(tmp_path: Path) -> None:
-    path = make_db(tmp_path / "old.db", "0001")
+async def test_an_upgraded_database_reads_like_a_new_one(new_db: Callable[[str], Target]) -> None:
+    path = make_db(new_db("old"), "0001")
     store = Store(path)
     await store.open()  # what a server does at start-up
     try:
@@ -451,26 +500,23 @@ def _rowids(path: Path) -> list[tuple[int, str]]:
         con.close()
 
 
-def test_0008_withholds_secret_env_values_of_existing_jobs(tmp_path: Path) -> None:
-    path = make_db(tmp_path / "jobs.db", "0006")
+def test_0008_withholds_secret_env_values_of_existing_jobs(
+    new_db: Callable[[str], Target],
+) -> None:
+    path = make_db(new_db("jobs"), "0006")
     old = {
         "API_TOKEN": "t0k3n-value", "DB_PASSWORD": "hunter2", "SSH_KEY": "/keys/id",
         "MODE": "ci", "REPO_URL": "https://bot:p4ss-w0rd@git.example/repo.git",
         "GH": "ghp_" + "a1" * 18, "KEYBOARD": "us",
     }  # fmt: skip
-    con = sqlite3.connect(path)
-    with con:
+    with Sql(path) as con:
         con.execute("update jobs set env = ? where id = 'aaaa00000001'", (json.dumps(old),))
         con.execute("update jobs set env = 'not json' where id = 'aaaa00000002'")
-    con.close()
     _migrate(path, "head")
 
     def env_of(job_id: str) -> str:
-        con = sqlite3.connect(path)
-        try:
-            return str(con.execute("select env from jobs where id = ?", (job_id,)).fetchone()[0])
-        finally:
-            con.close()
+        with Sql(path) as con:
+            return str(con.execute("select env from jobs where id = ?", (job_id,))[0][0])
 
     scrubbed = json.loads(env_of("aaaa00000001"))
     withheld = {"API_TOKEN", "DB_PASSWORD", "SSH_KEY", "REPO_URL", "GH"}

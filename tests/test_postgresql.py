@@ -113,3 +113,24 @@ def test_the_psql_recipes(pg_server: PgServer, pg_history: PgHistory) -> None:
     assert labels == [["ci", "2", "1"], ["nightly", "1", "0"]]
     assert got["the policy in force at each start"]
     assert got["jobs per machine and status"].splitlines() == ["box1|completed|2", "box1|failed|1"]
+
+
+async def test_the_readme_set_up_a_database_owned_by_an_ordinary_role(pg_server: PgServer) -> None:
+    # README "Many machines": `createdb -O alice jobs` as an administrator, then every server
+    # connects as alice (no superuser): the first one migrates, pg_trgm included (a trusted
+    # extension since PostgreSQL 13, so the database's owner may create it).
+    name = _name(pg_server.new_database("owned"))
+    role = f"alice_{name}"
+    pg_server.psql(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB")
+    pg_server.psql(f"ALTER DATABASE {name} OWNER TO {role}")
+    store = Store(f"postgresql://{role}@/{name}?host={pg_server.socket_dir}")
+    try:
+        await store.open()
+    finally:
+        await store.close()
+    assert pg_server.psql("SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'", name)
+    revision = pg_server.psql("SELECT version_num FROM alembic_version", name)
+    assert revision == db.head_revision()
+    owners = pg_server.psql("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
+                            name)  # fmt: skip
+    assert owners == role

@@ -46,7 +46,9 @@ async def _text(client: Client[Any], uri: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_jobs_are_listed_and_read_as_resources(settings: Settings, mode: str) -> None:
+async def test_jobs_are_listed_and_read_as_resources(db_target: Path | str, mode: str) -> None:
+    # On each engine (``db_target``): the resources read the store like the tools.
+    settings = Settings(db=db_target, subreaper=False, kill_grace_s=2.0)
     async with Client(create_server(settings), mode=mode) as client:
         job_id = await _job(client, "printf 'line one\\n'; printf 'oops\\n' >&2; exit 2")
         await client.call_tool("wait", {"job_id": job_id})

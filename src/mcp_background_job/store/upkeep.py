@@ -65,9 +65,10 @@ def stats(conn: Connection, longest: int) -> Stats:
     return Stats(
         jobs=totals[0],
         by_status=by_status,
-        written_bytes=totals[1],
-        stored_bytes=totals[2],
-        dropped_bytes=totals[3],
+        # int(): PostgreSQL's sum() of bigint is numeric (a Decimal, which JSON refuses)
+        written_bytes=int(totals[1]),
+        stored_bytes=int(totals[2]),
+        dropped_bytes=int(totals[3]),
         first_created=totals[4],
         last_created=totals[5],
         page_size=pages[0],
@@ -150,9 +151,16 @@ def driver_sql(conn: Connection, sql: str) -> None:
 def vacuum(conn: Connection) -> bool:
     """See ``Store.vacuum`` (outside any transaction)."""
     if conn.dialect.name == "postgresql":
-        # VACUUM cannot run in a transaction block: on a connection of its own, autocommit.
-        with conn.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as auto:
-            auto.exec_driver_sql("VACUUM")
+        # VACUUM cannot run in a transaction block: autocommit on this very connection (a
+        # second one would wait forever for the command line's pool of one).
+        conn.rollback()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        raw.autocommit = True
+        try:
+            raw.execute("VACUUM")
+        finally:
+            raw.autocommit = False
         return True
     driver_sql(conn, "VACUUM")
     raw = conn.connection.dbapi_connection
