@@ -503,6 +503,8 @@ async def kill_latency(db: Path | str, tmp: Path, n: int) -> tuple[list[float], 
                 times.append(time.perf_counter() - t)
                 assert done["status"] == "killed", done
     return local, remote
+
+
 def make_history_pg(url: str, n: int) -> None:
     """``make_history_db``'s jobs, events and labels on PostgreSQL: the schema migrated by the
     server's own migrations, the rows made by PostgreSQL with one INSERT ... SELECT each
