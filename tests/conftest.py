@@ -80,19 +80,27 @@ async def app(settings: Settings) -> AsyncIterator[App]:
 #: Files that take the longest (minutes of real servers, a wheel build, a browser, PostgreSQL),
 #: handed out first: with one file per worker (``--dist loadfile``), one of them started last
 #: would keep the whole run waiting on it alone after the other workers are done.
-SLOW_FIRST = (
+SLOW_FIRST = (  # by their time in a full run (junit XML), longest single tests first
     "tests/e2e/test_faults.py",
     "tests/test_packaging.py",
     "tests/test_cli.py",
-    "tests/test_policy_corpus.py",
-    "tests/e2e/test_idle.py",
-    "tests/e2e/test_web.py",
-    "tests/test_postgresql.py",
-    "tests/e2e/test_postgresql.py",
-    "tests/e2e/test_detach.py",
+    "tests/test_storage_faults.py",
+    "tests/e2e/test_security.py",
+    "tests/e2e/test_masking.py",
+    "tests/e2e/test_output.py",
+    "tests/e2e/test_trees.py",
     "tests/test_readme.py",
+    "tests/e2e/test_grep_pages.py",
+    "tests/e2e/test_detach.py",
+    "tests/test_bootstrap.py",
+    "tests/e2e/test_policy_e2e.py",
+    "tests/e2e/test_interactive.py",
+    "tests/test_cli_grep.py",
+    "tests/test_app.py",
+    "tests/e2e/test_protocol.py",
+    "tests/e2e/test_storage.py",
     "tests/e2e/test_http.py",
-    "tests/test_hosts.py",
+    "tests/e2e/test_grep.py",
 )
 
 

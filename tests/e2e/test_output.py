@@ -27,7 +27,7 @@ def mixed_text(size: int, seed: int = 7) -> str:
 
 
 async def test_small_pages_reassemble_exactly(db: Path, tmp_path: Path) -> None:
-    text = mixed_text(300_000)
+    text = mixed_text(100_000)  # hundreds of 1000-byte pages: every kind of boundary
     data = text.encode()
     (tmp_path / "input.txt").write_bytes(data)
     async with start_server(db) as s:
