@@ -134,3 +134,27 @@ async def test_the_readme_set_up_a_database_owned_by_an_ordinary_role(pg_server:
     owners = pg_server.psql("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
                             name)  # fmt: skip
     assert owners == role
+
+
+def test_output_commits_do_not_wait_for_the_wal_flush_other_writes_do(pg_server: PgServer) -> None:
+    """Output transactions commit as SQLite's WAL with synchronous=NORMAL does (no flush wait);
+    every other transaction keeps PostgreSQL's default, durable commit."""
+    from mcp_background_job.store.output import write_output
+    from mcp_background_job.store.records import OutputBatch
+
+    engine = db.make_sync_engine(pg_server.new_database())
+    try:
+        with engine.connect() as conn:
+            db.upgrade_to_head(conn)
+            conn.commit()
+            # The test server runs without flushes (tests/pg.py): the production default here.
+            conn.exec_driver_sql("SET synchronous_commit = on")
+            conn.commit()
+            with conn.begin():
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+                write_output(conn, [OutputBatch("nojob")])
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+            with conn.begin():  # SET LOCAL: the next transaction is durable again
+                assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    finally:
+        engine.dispose()

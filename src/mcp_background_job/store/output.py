@@ -50,7 +50,17 @@ _REWRITE = (
 
 
 def write_output(conn: Connection, batches: Sequence[OutputBatch]) -> None:
-    """Store new chunks, drop trimmed ones and update the byte counters."""
+    """Store new chunks, drop trimmed ones and update the byte counters.
+
+    On PostgreSQL the transaction commits without waiting for its WAL flush
+    (``synchronous_commit = off``, this transaction only): what SQLite does in WAL mode with
+    ``synchronous=NORMAL``. A crash of our server loses nothing committed; a crash of the
+    database server's machine may lose the last moments of output (and what was committed with
+    it), never half a transaction. Waiting for a disk flush every 4 MiB batch made output storage
+    1.0-1.7x slower than SQLite's.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
     rows = [
         {
             "job_id": b.job_id,
