@@ -244,7 +244,8 @@ def make_history_db(db: Path, n: int) -> None:
     engine.dispose()
     con = sqlite3.connect(db)
     con.execute(
-        "insert into servers values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
+        "insert into servers (id, pid, pid_start, boot_id, hostname, version, started_at, "
+        "stopped_at) values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
         "'2026-01-01 00:00:00', '2026-01-01 00:00:01')"
     )
     statuses = ["completed"] * 8 + ["failed", "killed"]
@@ -519,7 +520,8 @@ def make_history_pg(url: str, n: int) -> None:
     engine.dispose()
     with psycopg.connect(url, autocommit=True) as con:
         con.execute(
-            "insert into servers values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
+            "insert into servers (id, pid, pid_start, boot_id, hostname, version, started_at, "
+            "stopped_at) values ('benchserver01', 1, 1, 'x', 'bench', 'bench', "
             "'2026-01-01 00:00:00', '2026-01-01 00:00:01')"
         )
         con.execute(
