@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,23 +61,29 @@ def sqlite3_holding_lock(db: Path, *, write: bool = True) -> Iterator[subprocess
     shell = subprocess.Popen(
         ["sqlite3", str(db)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    assert shell.stdin is not None
+    assert shell.stdin is not None and shell.stdout is not None
+    # The shell waits for a lock a server holds (.timeout), then says when it holds its own:
+    # seeing the file write-locked is not enough, the lock may still be a server's.
     if write:
-        shell.stdin.write("BEGIN IMMEDIATE;\nUPDATE jobs SET priority = priority;\n")
+        shell.stdin.write(
+            ".timeout 30000\nBEGIN IMMEDIATE;\nUPDATE jobs SET priority = priority;\n"
+            "SELECT 'held';\n"
+        )
     else:
-        shell.stdin.write("BEGIN;\nSELECT count(*) FROM jobs;\n")
+        shell.stdin.write(".timeout 30000\nBEGIN;\nSELECT count(*) FROM jobs;\nSELECT 'held';\n")
     shell.stdin.flush()
     try:
+        ready, _, _ = select.select([shell.stdout], [], [], 60)
+        assert ready, "sqlite3 did not take the lock within 60 s"
+        while (line := shell.stdout.readline()) and line.strip() != "held":
+            pass
+        assert line.strip() == "held", "sqlite3 exited before it took the lock"
         if write:
-            deadline = time.monotonic() + 30
-            while not is_write_locked(db):
-                assert time.monotonic() < deadline, "sqlite3 did not take the write lock"
-                assert shell.poll() is None, "sqlite3 exited"
-                time.sleep(0.02)
+            assert is_write_locked(db), "sqlite3 says it holds the write lock, the file says not"
         yield shell
     finally:
         with contextlib.suppress(BrokenPipeError, OSError):
@@ -88,6 +94,7 @@ def sqlite3_holding_lock(db: Path, *, write: bool = True) -> Iterator[subprocess
         except subprocess.TimeoutExpired:
             shell.kill()
             shell.wait()
+        shell.stdout.close()
 
 
 @contextlib.contextmanager
