@@ -190,9 +190,10 @@ class FailureLog:
 class Ingester:
     """Moves spooled output into the database in batches, for every job this process captures.
 
-    Over the ~400-line bound (432) on purpose: adopting, reading, trimming past the spool bound
-    and flushing all act on one per-job table of offsets under one lock; the pure parts (the
-    batch plan, the punching of spool files) are already module functions."""
+    Over the ~400-line bound (~490) on purpose: adopting, resuming a detached job, reading,
+    trimming past the spool bound, flushing and sleeping while idle all act on one per-job
+    table of offsets under one lock; the pure parts (the batch plan, the punching of spool
+    files) are already module functions."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings

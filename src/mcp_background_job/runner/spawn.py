@@ -139,19 +139,8 @@ def _spawn_on_pipe(
     stdin_r, stdin_w = os.pipe()
     stack.callback(os.close, stdin_r)  # the child's end
     _on_failure(stack, lambda: os.close(stdin_w))
-    # Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a background
-    # grandchild can hold forever. Popen spawns with vfork: it is quick.
-    popen = subprocess.Popen(
-        isolation.argv(job.shell, job.command, job.cwd, job.id),
-        stdin=stdin_r,
-        stdout=writers[Stream.STDOUT],
-        stderr=writers[Stream.STDERR],
-        cwd=job.cwd,
-        env=env,
-        start_new_session=True,
-        close_fds=True,
-    )
-    return popen, stdin_w
+    argv = isolation.argv(job.shell, job.command, job.cwd, job.id)
+    return _popen(argv, stdin_r, job, env, writers), stdin_w
 
 
 def _spawn_kept(
@@ -169,9 +158,20 @@ def _spawn_kept(
     _on_failure(stack, fifo.unlink)
     stdin_w = keeper.open_input(spool, job.id)
     _on_failure(stack, lambda: os.close(stdin_w))
-    popen = subprocess.Popen(
-        keeper.argv(spool, job.id, isolation.argv(job.shell, job.command, job.cwd, job.id)),
-        stdin=subprocess.DEVNULL,
+    argv = keeper.argv(spool, job.id, isolation.argv(job.shell, job.command, job.cwd, job.id))
+    return _popen(argv, subprocess.DEVNULL, job, env, writers), stdin_w
+
+
+def _popen(
+    argv: list[str], stdin: int, job: Job, env: dict[str, str], writers: dict[Stream, int]
+) -> subprocess.Popen[bytes]:
+    """The job's process in a session of its own, its output into the spool files.
+
+    Popen, not asyncio's subprocess: its wait() also waits for pipe EOF, which a background
+    grandchild can hold forever. Popen spawns with vfork: it is quick."""
+    return subprocess.Popen(
+        argv,
+        stdin=stdin,
         stdout=writers[Stream.STDOUT],
         stderr=writers[Stream.STDERR],
         cwd=job.cwd,
@@ -179,7 +179,6 @@ def _spawn_kept(
         start_new_session=True,
         close_fds=True,
     )
-    return popen, stdin_w
 
 
 def _on_failure(stack: contextlib.ExitStack[bool | None], undo: Callable[[], object]) -> None:

@@ -53,10 +53,12 @@ _PRUNE_JOBS_PER_TXN = 200
 
 
 class Store:
-    """Jobs, events, output chunks and server instances in one SQLite file.
+    """Jobs, events, output chunks, server instances, tokens and control rows, in one SQLite
+    file or PostgreSQL database.
 
-    Slightly over the ~400-line bound (420): every method is a thin, documented hand-off of a
-    ``store/`` function to the writer thread or a reader; the SQL lives in those modules."""
+    Over the ~400-line bound (~560) on purpose: it is the one storage gateway, and every method
+    is a thin, documented hand-off of a ``store/`` function to the writer thread or a reader;
+    the SQL lives in those modules (lifecycle, listing, output, search, tokens, controls, ...)."""
 
     def __init__(self, path: Path | str, *, read_pool: int = 4, writer_nice: int = 0) -> None:
         self.path = path

@@ -18,7 +18,7 @@ from .common import LABEL_MAX, PATH_MAX, JobId, JobIdItem, Timeout, get_app, get
     annotations={"readOnlyHint": False, "destructiveHint": True, "idempotentHint": False,
                  "openWorldHint": True},
 )  # fmt: skip
-# Long (~80 lines) only by its Annotated parameters, which are the tool's input schema; the
+# Long (~100 lines) only by its Annotated parameters, which are the tool's input schema; the
 # body is a few lines (the docstring is the tool's description, so this note is a comment).
 async def execute(
     command: Annotated[
